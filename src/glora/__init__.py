@@ -1,0 +1,17 @@
+"""glora: federated LoRA fine-tuning with gauge-aware aggregation.
+
+The one-layer API::
+
+    import glora
+    glora.methods()                                  # registered method names
+    state = glora.aggregate("glora", [glora.ClientUpdate(B, A, n, s), ...], rank=16)
+    state.delta()                                    # dense update (tests/analysis only)
+    B, A = state.readout(rank=8, scaling=2.0)        # a rank-8 client's start
+"""
+
+from glora.aggregation import ClientUpdate, ServerState, aggregate, get_method, methods
+from glora.errors import AggregationError, ConfigError, GloraError, InvalidUpdateError
+
+__all__ = ["AggregationError", "ClientUpdate", "ConfigError", "GloraError", "InvalidUpdateError",
+           "ServerState", "aggregate", "get_method", "methods"]
+__version__ = "0.1.0"

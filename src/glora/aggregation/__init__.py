@@ -1,0 +1,11 @@
+"""Server-side aggregation of federated LoRA: GLoRA and its peers, one file per method."""
+
+from .base import ClientUpdate, FactorState, LowRankState, MethodConfig, ServerState, validate_updates
+from .registry import MethodSpec, aggregate, get_method, methods, register_method
+
+# Importing a method module registers it.
+from . import fedit  # noqa: E402,F401  (isort: skip)
+
+__all__ = ["ClientUpdate", "FactorState", "LowRankState", "MethodConfig", "MethodSpec",
+           "ServerState", "aggregate", "get_method", "methods", "register_method",
+           "validate_updates"]

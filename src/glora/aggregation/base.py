@@ -1,0 +1,205 @@
+"""The one-layer aggregation API shared by every method.
+
+A method is a config dataclass plus a pure function ``(updates, weights, config) -> ServerState``
+registered under a lower-case name (see :mod:`glora.aggregation.registry`).
+
+Notation (SPEC.md): client ``i`` holds ``B_i`` (``d_out x r_i``), ``A_i`` (``r_i x d_in``) and a
+LoRA scaling ``s_i``; its intrinsic update is ``dW_i = s_i B_i A_i``; ``p_i = n_i / sum_j n_j``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from glora.errors import InvalidUpdateError
+
+from . import linalg
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's LoRA factors for one layer, as returned after local training.
+
+    Args:
+        B: ``d_out x r`` (PEFT's ``lora_B.weight``).
+        A: ``r x d_in`` (PEFT's ``lora_A.weight``).
+        num_examples: the client's number of training examples (its weight is proportional).
+        scaling: the client's LoRA scaling ``alpha / r`` (or ``alpha / sqrt(r)`` with rsLoRA).
+    """
+
+    B: Tensor
+    A: Tensor
+    num_examples: int
+    scaling: float = 1.0
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def delta(self) -> Tensor:
+        """Dense ``s B A`` (``d_out x d_in``): for tests and analysis only."""
+        return self.scaling * self.B @ self.A
+
+
+@dataclass
+class ServerState:
+    """What the server holds for one layer after a round.
+
+    Subclasses say how the global update is represented. Every state can give its dense update
+    (:meth:`delta`, tests and analysis only) and the adapter a client of a given rank and scaling
+    starts its next round from (:meth:`readout`).
+    """
+
+    method: str
+    info: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+    #: True when clients start every round from a fresh LoRA init (FLoRA).
+    fresh_adapter: ClassVar[bool] = False
+
+    def delta(self) -> Tensor:
+        raise NotImplementedError
+
+    def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor] | None:
+        """Factors ``(B, A)`` of rank ``rank`` with ``scaling * B @ A`` the client's start.
+
+        ``None`` means the method starts clients from a fresh LoRA initialization.
+        """
+        raise NotImplementedError
+
+    def base_update(self) -> Tensor | tuple[Tensor, Tensor] | None:
+        """What every client folds into its frozen weight this round, if anything.
+
+        A dense ``d_out x d_in`` tensor, a low-rank pair ``(L, R)`` meaning ``L @ R``, or ``None``.
+        """
+        return None
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensors of the state (for byte counts and checkpoints)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, Tensor)}
+
+    def download_tensors(self, rank: int, scaling: float) -> dict[str, Tensor]:
+        """What is sent to a client of ``rank`` (used to count bytes down)."""
+        out: dict[str, Tensor] = {}
+        start = self.readout(rank, scaling)
+        if start is not None:
+            out["B"], out["A"] = start
+        base = self.base_update()
+        if isinstance(base, Tensor):
+            out["base"] = base
+        elif base is not None:
+            out["base_L"], out["base_R"] = base
+        return out
+
+
+@dataclass
+class LowRankState(ServerState):
+    """Global update ``left @ right``; readout is its best rank-``r`` approximation."""
+
+    left: Tensor  # d_out x k
+    right: Tensor  # k x d_in
+
+    def delta(self) -> Tensor:
+        return self.left @ self.right
+
+    def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor] | None:
+        U, S, Vh = linalg.lowrank_svd(self.left, self.right)
+        return linalg.split_factors(U, S, Vh, rank, scaling)
+
+
+@dataclass
+class FactorState(ServerState):
+    """Global adapter kept as factors ``(B, A)`` with the scaling they were averaged at.
+
+    The readout hands these very factors down (that is what factor-averaging methods do), so a
+    client must ask for the state's rank, or less where ``truncatable`` (HetLoRA).
+    """
+
+    B: Tensor  # d_out x r
+    A: Tensor  # r x d_in
+    scaling: float
+    truncatable: bool = False
+
+    def delta(self) -> Tensor:
+        return self.scaling * self.B @ self.A
+
+    def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor] | None:
+        check_readout_rank(rank, self.A.shape[0], truncate=self.truncatable, method=self.method)
+        return self.B[:, :rank] * (self.scaling / scaling), self.A[:rank]
+
+
+def check_readout_rank(rank: int, available: int, *, truncate: bool, method: str) -> None:
+    """Reject a readout rank the state cannot serve."""
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"`rank` must be a positive integer, got {rank!r}.")
+    if rank > available or (not truncate and rank != available):
+        allowed = f"at most {available}" if truncate else f"exactly {available}"
+        raise ValueError(f"`{method}` can serve rank {allowed} here, got rank {rank}.")
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config dataclass."""
+
+
+def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
+                     method: str = "") -> list[ClientUpdate]:
+    """Check a round's updates; return them in one common floating dtype.
+
+    Raises:
+        InvalidUpdateError: naming the client index and the problem.
+    """
+    if not isinstance(updates, (list, tuple)) or len(updates) == 0:
+        raise InvalidUpdateError("no client updates to aggregate (the list is empty).")
+    dtype = None
+    for i, u in enumerate(updates):
+        if not isinstance(u, ClientUpdate):
+            raise InvalidUpdateError(f"expected a glora.ClientUpdate, got {type(u).__name__}.", i)
+        for name, t in (("B", u.B), ("A", u.A)):
+            if not isinstance(t, Tensor):
+                raise InvalidUpdateError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.", i)
+            if t.dim() != 2:
+                raise InvalidUpdateError(f"`{name}` must be 2-D, got shape {tuple(t.shape)}.", i)
+            if not t.is_floating_point():
+                raise InvalidUpdateError(f"`{name}` must be floating point, got {t.dtype}.", i)
+            if not bool(torch.isfinite(t).all()):
+                raise InvalidUpdateError(f"`{name}` has non-finite values (NaN or inf).", i)
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+        if u.B.shape[1] != u.A.shape[0]:
+            raise InvalidUpdateError(
+                f"rank mismatch: `B` is {tuple(u.B.shape)} (rank {u.B.shape[1]}) but `A` is "
+                f"{tuple(u.A.shape)} (rank {u.A.shape[0]}); expected B: d_out x r, A: r x d_in.", i)
+        d_out, d_in = updates[0].B.shape[0], updates[0].A.shape[1]
+        if (u.B.shape[0], u.A.shape[1]) != (d_out, d_in):
+            raise InvalidUpdateError(
+                f"layer shape {u.B.shape[0]} x {u.A.shape[1]} differs from client 0's "
+                f"{d_out} x {d_in}.", i)
+        if u.rank < 1 or u.rank > min(d_out, d_in):
+            raise InvalidUpdateError(
+                f"rank {u.rank} is not in 1..{min(d_out, d_in)} for a {d_out} x {d_in} layer.", i)
+        if isinstance(u.num_examples, bool) or not isinstance(u.num_examples, int) \
+                or u.num_examples <= 0:
+            raise InvalidUpdateError(
+                f"`num_examples` must be a positive integer, got {u.num_examples!r}.", i)
+        if not isinstance(u.scaling, (int, float)) or not math.isfinite(u.scaling) \
+                or u.scaling <= 0:
+            raise InvalidUpdateError(f"`scaling` must be a positive finite number, got {u.scaling!r}.", i)
+        if not mixed_ranks and u.rank != updates[0].rank:
+            raise InvalidUpdateError(
+                f"rank {u.rank} differs from client 0's rank {updates[0].rank}, and `{method}` "
+                "needs equal ranks; use a method that takes mixed ranks (glora, flexlora, flora, "
+                "hetlora) or give every client the same rank.", i)
+    assert dtype is not None
+    return [u if u.B.dtype == u.A.dtype == dtype else
+            ClientUpdate(u.B.to(dtype), u.A.to(dtype), u.num_examples, float(u.scaling))
+            for u in updates]
+
+
+def weights(updates: list[ClientUpdate]) -> list[float]:
+    """``p_i = n_i / sum_j n_j`` (Python floats: exact and dtype-free)."""
+    total = sum(u.num_examples for u in updates)
+    return [u.num_examples / total for u in updates]

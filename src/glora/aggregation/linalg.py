@@ -1,0 +1,68 @@
+"""Low-rank linear algebra shared by the methods. Nothing here builds a ``d_out x d_in`` matrix.
+
+Tall factors are processed in the input dtype; the small ``k x k`` cores are decomposed in
+float64, which costs nothing at these sizes and keeps float32 results gauge-stable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rtol_for(dtype: torch.dtype) -> float:
+    """Relative threshold under which a singular value counts as zero."""
+    return 1000.0 * torch.finfo(dtype).eps
+
+
+def lowrank_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of ``left @ right`` (``d_out x k`` times ``k x d_in``) without forming it.
+
+    Thin QR of ``left`` and of ``right^T``, then the SVD of the ``k x k`` core.
+    Returns ``U`` (``d_out x k``), ``S`` (``k``, descending), ``Vh`` (``k x d_in``).
+    """
+    dtype = left.dtype
+    q_l, r_l = torch.linalg.qr(left)  # d_out x k, k x k
+    q_r, r_r = torch.linalg.qr(right.mT)  # d_in x k, k x k
+    core = r_l.double() @ r_r.double().mT
+    p, s, th = torch.linalg.svd(core)
+    return q_l @ p.to(dtype), s.to(dtype), th.to(dtype) @ q_r.mT
+
+
+def column_basis(B: Tensor, A: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Orthonormal bases of the column and row spaces of ``B @ A``, and its singular values.
+
+    Drops directions whose singular value is below ``rtol`` times the largest (all of them when
+    ``B A = 0``). These are gauge-invariant: ``(B M, M^-1 A)`` gives the same projectors.
+    Returns ``U`` (``d_out x k``), ``S`` (``k``), ``V`` (``d_in x k``), ``k <= r``.
+    """
+    U, S, Vh = lowrank_svd(B, A)
+    rtol = rtol_for(B.dtype) if rtol is None else rtol
+    keep = S > rtol * S[0] if S.numel() and S[0] > 0 else torch.zeros_like(S, dtype=torch.bool)
+    return U[:, keep], S[keep], Vh[keep].mT
+
+
+def split_factors(U: Tensor, S: Tensor, Vh: Tensor, rank: int, scaling: float,
+                  ) -> tuple[Tensor, Tensor]:
+    """Balanced LoRA factors of the best rank-``rank`` part of ``U diag(S) Vh``.
+
+    ``B = U_r S_r^(1/2) / sqrt(s)``, ``A = S_r^(1/2) Vh_r / sqrt(s)`` so ``s B A`` is the
+    truncation. If fewer than ``rank`` directions exist, ``B`` gets zero columns and ``A`` zero
+    rows (the product is unchanged; a trainer may re-initialize those rows of ``A``).
+    """
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"`rank` must be a positive integer, got {rank!r}.")
+    if not scaling > 0:
+        raise ValueError(f"`scaling` must be positive, got {scaling!r}.")
+    k = min(rank, S.shape[0])
+    root = (S[:k].clamp_min(0) / scaling).sqrt()
+    B = U.new_zeros(U.shape[0], rank)
+    A = Vh.new_zeros(rank, Vh.shape[1])
+    B[:, :k] = U[:, :k] * root
+    A[:k] = root[:, None] * Vh[:k]
+    return B, A
+
+
+def stack_factors(Bs: list[Tensor], As: list[Tensor], coefs: list[float]) -> tuple[Tensor, Tensor]:
+    """``[c_1 B_1 ... c_N B_N]`` and ``[A_1; ...; A_N]``: their product is ``sum c_i B_i A_i``."""
+    return torch.cat([c * B for c, B in zip(coefs, Bs)], dim=1), torch.cat(As, dim=0)
