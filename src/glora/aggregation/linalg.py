@@ -25,7 +25,7 @@ def lowrank_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     q_l, r_l = torch.linalg.qr(left)  # d_out x k, k x k
     q_r, r_r = torch.linalg.qr(right.mT)  # d_in x k, k x k
     core = r_l.double() @ r_r.double().mT
-    p, s, th = torch.linalg.svd(core)
+    p, s, th = torch.linalg.svd(core, full_matrices=False)
     return q_l @ p.to(dtype), s.to(dtype), th.to(dtype) @ q_r.mT
 
 
