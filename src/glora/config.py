@@ -1,0 +1,237 @@
+"""Experiment configuration: dataclasses validated as a whole, YAML files, ``key=value`` overrides.
+
+Every problem (unknown key, wrong type, impossible combination) is collected and raised together as
+one :class:`~glora.errors.ConfigError` before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glora.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Dataset and partition. ``dataset``: ``rotten_tomatoes``, ``glue/<task>``, or a CSV/JSONL path."""
+
+    dataset: str = "rotten_tomatoes"
+    test_file: str | None = None
+    partition: str = "dirichlet"  # iid | dirichlet | task
+    alpha: float = 0.5  # Dirichlet concentration: smaller is more skewed
+    num_clients: int = 8
+    min_client_size: int = 16
+    max_length: int = 64  # tokens per example
+    max_test_examples: int | None = 1000  # cap on the held-out set used for evaluation
+
+
+@dataclass
+class ModelConfig:
+    """Backbone. ``name``: a Hugging Face id or local path; ``None`` is the packaged MiniLM-L6."""
+
+    name: str | None = None
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+
+
+@dataclass
+class LoraConfig:
+    """Client adapters. ``ranks`` is cycled over clients (or drawn from, with ``rank_sampling: random``)."""
+
+    ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    rank_sampling: str = "cycle"  # cycle | random
+    alpha: float = 16.0
+    rslora: bool = False  # scaling alpha/sqrt(r) instead of alpha/r
+    dropout: float = 0.0
+    # What a method that needs equal ranks (FedIT, FFA-LoRA, FedSA-LoRA, FedEx-LoRA, LoRA-FAIR)
+    # does under mixed ranks: run every client at the smallest (`min`) or largest (`max`) rank of
+    # the list, labelled as such in the results, or stop with an error (`error`).
+    equal_rank: str = "min"
+
+
+@dataclass
+class TrainConfig:
+    """Rounds and local training."""
+
+    rounds: int = 10
+    local_steps: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # adamw | sgd
+    weight_decay: float = 0.0
+    participation: float = 1.0  # fraction of clients sampled per round
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the global model (and personalized models where a method keeps local parts)."""
+
+    every: int = 1  # rounds between evaluations (the last round is always evaluated)
+    batch_size: int = 128
+
+
+@dataclass
+class ExperimentConfig:
+    """One ``glora run``: several methods on the same partitions and seeds."""
+
+    methods: list[str] = field(
+        default_factory=lambda: ["glora", "fedit", "ffa", "flora", "flexlora", "hetlora"])
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    output_dir: str = "runs/default"
+    workers: int = 2  # simulated clients run in this many processes, one torch thread each
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
+           "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd")}
+
+
+def _check_type(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_check_type(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is Any:
+        return True
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_check_type(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            problems.append(f"unknown key `{path}`; allowed keys here: {sorted(fields)}.")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                problems.append(f"`{path}` must be a mapping of {sorted(f.name for f in dataclasses.fields(tp))}.")
+                continue
+            kwargs[key] = _build(tp, value, path + ".", problems)
+        elif not _check_type(value, tp):
+            problems.append(f"`{path}` must be of type {getattr(tp, '__name__', tp)}, got {value!r}.")
+        else:
+            kwargs[key] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
+    from glora.aggregation import get_method, methods
+
+    for path, allowed in CHOICES.items():
+        section, key = path.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            problems.append(f"`{path}` must be one of {list(allowed)}, got {value!r}.")
+    known = methods()
+    for m in cfg.methods:
+        if m not in known:
+            problems.append(f"unknown method {m!r} in `methods`; known methods: {known}.")
+    if not cfg.methods:
+        problems.append("`methods` is empty; name at least one of " f"{known}.")
+    for m, opts in cfg.method_options.items():
+        if m not in known:
+            problems.append(f"`method_options.{m}`: unknown method; known methods: {known}.")
+            continue
+        try:
+            get_method(m).make_config(**opts)
+        except (ConfigError, TypeError, ValueError) as err:
+            problems.append(f"`method_options.{m}`: {err}")
+    positive = {"data.num_clients": cfg.data.num_clients, "data.max_length": cfg.data.max_length,
+                "train.rounds": cfg.train.rounds, "train.local_steps": cfg.train.local_steps,
+                "train.batch_size": cfg.train.batch_size, "workers": cfg.workers,
+                "eval.every": cfg.eval.every, "eval.batch_size": cfg.eval.batch_size}
+    for path, value in positive.items():
+        if value < 1:
+            problems.append(f"`{path}` must be at least 1, got {value}.")
+    if not cfg.lora.ranks or any(r < 1 for r in cfg.lora.ranks):
+        problems.append(f"`lora.ranks` must be a non-empty list of positive ranks, got {cfg.lora.ranks}.")
+    if not 0 < cfg.train.participation <= 1:
+        problems.append(f"`train.participation` must be in (0, 1], got {cfg.train.participation}.")
+    if cfg.data.alpha <= 0:
+        problems.append(f"`data.alpha` must be positive, got {cfg.data.alpha}.")
+    if cfg.train.lr <= 0:
+        problems.append(f"`train.lr` must be positive, got {cfg.train.lr}.")
+    if len(set(cfg.lora.ranks)) > 1 and cfg.lora.equal_rank == "error":
+        fixed = [m for m in cfg.methods if m in known and not get_method(m).mixed_ranks]
+        if fixed:
+            problems.append(f"methods {fixed} need equal client ranks but `lora.ranks` is "
+                            f"{cfg.lora.ranks}; set `lora.equal_rank=min` (or max) to run them at one "
+                            "rank, give one rank, or drop them from `methods`.")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.rounds=3", "methods=[glora,fedit]"]`` -> a nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item or item.startswith("-"):
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.rounds=3).")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value) if value != "" else None
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides; validated as a whole."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist.")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level.")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    problems: list[str] = []
+    cfg = _build(ExperimentConfig, raw, "", problems)
+    if not problems:
+        _validate(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config so the run can be repeated with ``glora run --config``."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,181 @@
+"""Model-level server state: one aggregation method applied to every adapted layer of a PEFT model.
+
+Keys are PEFT's adapter-name-free keys (``get_peft_model_state_dict``): ``<layer>.lora_A.weight``
+(``r x d_in``) and ``<layer>.lora_B.weight`` (``d_out x r``). Everything else a client returns
+(the classifier head, PEFT ``modules_to_save``) is averaged with weights ``p_i`` unless the method
+keeps it local (FedSA-LoRA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glora.aggregation import ClientUpdate, ServerState, aggregate, get_method
+from glora.errors import InvalidUpdateError
+
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+
+
+def split_adapter(state: dict[str, Tensor]) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
+    """Split a PEFT state dict into ``{layer: (B, A)}`` and the remaining (head) tensors."""
+    layers: dict[str, tuple[Tensor, Tensor]] = {}
+    rest: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(LORA_A):
+            prefix = key[: -len(LORA_A)]
+            if prefix + LORA_B not in state:
+                raise InvalidUpdateError(f"`{key}` has no matching `{prefix + LORA_B}`.", key=prefix)
+            layers[prefix] = (state[prefix + LORA_B], value)
+        elif key.endswith(LORA_B):
+            if key[: -len(LORA_B)] + LORA_A not in state:
+                raise InvalidUpdateError(f"`{key}` has no matching lora_A.", key=key[: -len(LORA_B)])
+        else:
+            rest[key] = value
+    return layers, rest
+
+
+def join_adapter(layers: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """Inverse of the layer part of :func:`split_adapter`."""
+    out: dict[str, Tensor] = {}
+    for prefix, (B, A) in layers.items():
+        out[prefix + LORA_B], out[prefix + LORA_A] = B, A
+    return out
+
+
+@dataclass
+class ClientReply:
+    """What a client sends back after a round (in-process or over Flower)."""
+
+    client_id: int
+    adapter: dict[str, Tensor]  # PEFT lora_A / lora_B keys
+    head: dict[str, Tensor]
+    num_examples: int
+    scaling: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GlobalModel:
+    """The server's whole state for one method.
+
+    ``layers`` holds each layer's :class:`ServerState` (empty before the first round); ``base``
+    the dense deltas folded into the frozen weights so far (FLoRA merges, FedEx residuals).
+    """
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    round: int = 0
+    layers: dict[str, ServerState] = field(default_factory=dict)
+    base: dict[str, Tensor] = field(default_factory=dict)
+    head: dict[str, Tensor] = field(default_factory=dict)
+
+    def total_delta(self) -> dict[str, Tensor]:
+        """Dense update of every layer relative to the pretrained weight (evaluation, export)."""
+        fresh = {k for k, s in self.layers.items() if s.fresh_adapter}
+        out = {k: s.delta() for k, s in self.layers.items() if k not in fresh}
+        for k, b in self.base.items():
+            out[k] = out[k] + b if k in out else b.clone()
+        return out
+
+    def start_adapter(self, rank: int, scaling: float,
+                      local: dict[str, Tensor] | None = None) -> dict[str, Tensor] | None:
+        """The adapter a client of ``rank`` starts from (``None``: fresh init).
+
+        ``local`` holds the client's own kept parts (FedSA-LoRA's ``B``), which replace the
+        global ones.
+        """
+        if not self.layers or next(iter(self.layers.values())).fresh_adapter:
+            return None
+        start = {}
+        for prefix, state in self.layers.items():
+            B, A = state.readout(rank, scaling)
+            start[prefix + LORA_B], start[prefix + LORA_A] = B, A
+        keep = get_method(self.method).local
+        if "B" in keep:
+            for key in [k for k in start if k.endswith(LORA_B)]:
+                start[key] = (local or {}).get(key, torch.zeros_like(start[key]))
+        return start
+
+    def start_head(self, local: dict[str, Tensor] | None = None) -> dict[str, Tensor] | None:
+        """The head a client starts from: its own where the method keeps heads local."""
+        if "head" in get_method(self.method).local and local:
+            return {k: v for k, v in local.items() if k in self.head} or None
+        return self.head or None
+
+    def download_bytes(self, rank: int, scaling: float) -> int:
+        """Bytes a client of ``rank`` receives: adapter parts, base updates and head."""
+        spec = get_method(self.method)
+        n = sum(t.numel() * t.element_size() for s in self.layers.values()
+                for name, t in s.download_tensors(rank, scaling).items()
+                if not (name == "B" and "B" in spec.local))
+        if "head" not in spec.local:
+            n += sum(t.numel() * t.element_size() for t in self.head.values())
+        return n
+
+
+def upload_bytes(method: str, reply: ClientReply) -> int:
+    """Bytes a client sends: the factors the method uploads and, unless kept local, the head."""
+    spec = get_method(method)
+    suffixes = tuple(LORA_A if f == "A" else LORA_B for f in spec.uploads)
+    n = sum(t.numel() * t.element_size() for k, t in reply.adapter.items() if k.endswith(suffixes))
+    if "head" not in spec.local:
+        n += sum(t.numel() * t.element_size() for t in reply.head.values())
+    return n
+
+
+def aggregate_model(previous: GlobalModel, replies: list[ClientReply]) -> GlobalModel:
+    """One server step over every layer; returns a new :class:`GlobalModel` (``previous`` intact).
+
+    Raises:
+        InvalidUpdateError: naming the layer and the client (its index in ``replies``).
+    """
+    if not replies:
+        raise InvalidUpdateError("no client replies to aggregate.")
+    per_client = [split_adapter(r.adapter)[0] for r in replies]
+    keys = sorted(per_client[0])
+    for i, layers in enumerate(per_client):
+        if sorted(layers) != keys:
+            missing, extra = sorted(set(keys) - set(layers)), sorted(set(layers) - set(keys))
+            raise InvalidUpdateError(f"adapter layers differ from client 0's (missing {missing}, "
+                                     f"unexpected {extra}).", i)
+    layers: dict[str, ServerState] = {}
+    for key in keys:
+        updates = [ClientUpdate(per_client[i][key][0], per_client[i][key][1], r.num_examples,
+                                r.scaling) for i, r in enumerate(replies)]
+        try:
+            layers[key] = aggregate(previous.method, updates, **previous.options)
+        except InvalidUpdateError as err:
+            raise InvalidUpdateError(err.reason, err.client, key) from None
+    base = {k: v.clone() for k, v in previous.base.items()}
+    for key, state in layers.items():
+        update = state.base_update()
+        if update is None:
+            continue
+        dense = update if isinstance(update, Tensor) else update[0] @ update[1]
+        base[key] = base[key] + dense if key in base else dense
+    # Heads are averaged for every method; where the method keeps heads local (FedSA-LoRA) this
+    # average serves global evaluation only and is never sent down.
+    head = _average_heads(replies)
+    return GlobalModel(previous.method, dict(previous.options), previous.round + 1, layers, base, head)
+
+
+def _average_heads(replies: list[ClientReply]) -> dict[str, Tensor]:
+    keys = sorted(replies[0].head)
+    total = sum(r.num_examples for r in replies)
+    out = {}
+    for i, r in enumerate(replies):
+        if sorted(r.head) != keys:
+            raise InvalidUpdateError(f"head keys {sorted(r.head)} differ from client 0's {keys}.", i)
+        for k in keys:
+            if r.head[k].shape != replies[0].head[k].shape:
+                raise InvalidUpdateError(f"head `{k}` has shape {tuple(r.head[k].shape)}, expected "
+                                         f"{tuple(replies[0].head[k].shape)}.", i)
+            if not bool(torch.isfinite(r.head[k]).all()):
+                raise InvalidUpdateError(f"head `{k}` has non-finite values.", i)
+    for k in keys:
+        out[k] = sum(r.num_examples / total * r.head[k] for r in replies)
+    return out
