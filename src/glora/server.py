@@ -1,0 +1,156 @@
+"""The federated server, engine-free: configure a round, aggregate its replies, evaluate.
+
+The in-process simulator and the Flower strategy both drive this class, so the same rules run
+in a laptop simulation and in a deployment. ``state`` is replaced only once a round's new server
+state is complete: a rejected round leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from glora.aggregation import get_method
+from glora.config import ExperimentConfig
+from glora.errors import InvalidUpdateError
+from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, split_adapter,
+                                upload_bytes)
+from glora.sim import checkpoint, plan
+
+log = logging.getLogger("glora.server")
+
+
+class Evaluator(Protocol):
+    def evaluate(self, deltas: dict[str, Tensor], head: dict[str, Tensor], prefix: str,
+                 client: int | None = None) -> dict[str, float]: ...
+
+
+@dataclass
+class RunState:
+    """Everything a run needs to continue: the server state, clients' local parts, history."""
+
+    model: GlobalModel
+    local: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # FedSA-LoRA's B and head
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FederatedServer:
+    """One method's server over rounds.
+
+    Args:
+        cfg: the experiment config.
+        method: registry name of the aggregation method.
+        evaluator: scores a model given per-layer dense deltas and a head (``None``: no eval).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, method: str, evaluator: Evaluator | None) -> None:
+        self.cfg, self.method, self.evaluator = cfg, method, evaluator
+        self.spec = get_method(method)
+        self.ranks, self.label = plan.method_ranks(cfg, method)
+        self.state = RunState(GlobalModel(method, dict(cfg.method_options.get(method, {}))))
+
+    @property
+    def round(self) -> int:
+        return self.state.model.round
+
+    def scaling(self, client: int) -> float:
+        return plan.lora_scaling(self.cfg, self.ranks[client])
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        checkpoint.save_atomic(self.state, path)
+
+    def load(self, path: Path) -> None:
+        self.state = checkpoint.load(path)
+        log.info("%s: resuming after round %d", self.label, self.round)
+
+    # -- a round -------------------------------------------------------------------------------
+    def configure(self, clients: list[int] | None = None) -> list:
+        """The training tasks of this round (``data`` left empty: the engine attaches it)."""
+        from glora.client.train import TrainTask
+
+        t = self.round
+        clients = plan.sample_clients(self.cfg, t) if clients is None else clients
+        model = self.state.model
+        tasks = []
+        for c in clients:
+            local = self.state.local.get(c)
+            tasks.append(TrainTask(
+                client_id=c, round=t, rank=self.ranks[c], seed=plan.train_seed(self.cfg, t, c),
+                init_seed=plan.init_seed(self.cfg, t),
+                adapter=model.start_adapter(self.ranks[c], self.scaling(c), local),
+                head=model.start_head(local), base=model.base, frozen=self.spec.frozen,
+                data=(), steps=self.cfg.train.local_steps, batch_size=self.cfg.train.batch_size,
+                lr=self.cfg.train.lr, optimizer=self.cfg.train.optimizer,
+                weight_decay=self.cfg.train.weight_decay))
+        return tasks
+
+    def aggregate(self, results: list, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Aggregate the round's results, evaluate, append to the history; return the record.
+
+        Raises:
+            InvalidUpdateError: naming the round, the client id and the layer; ``state`` unchanged.
+        """
+        t = self.round
+        replies = [ClientReply(r.client_id, r.adapter, r.head, r.num_examples,
+                               self.scaling(r.client_id), {"train_loss": r.train_loss})
+                   for r in results]
+        started = time.perf_counter()
+        try:
+            new_model = aggregate_model(self.state.model, replies)
+        except InvalidUpdateError as err:
+            cid = replies[err.client].client_id if err.client is not None else None
+            raise InvalidUpdateError(f"round {t}: {err.reason}", cid, err.key) from None
+        server_seconds = time.perf_counter() - started
+        clients = [r.client_id for r in replies]
+        old = self.state.model
+        bytes_down = sum(old.download_bytes(self.ranks[c], self.scaling(c)) for c in clients) \
+            if old.layers else 0
+        local = dict(self.state.local)
+        local.update(self._kept(replies))
+        record: dict[str, Any] = {
+            "method": self.method, "label": self.label, "round": new_model.round,
+            "clients": clients, "train_loss": sum(r.train_loss for r in results) / len(results),
+            "bytes_up": sum(upload_bytes(self.method, r) for r in replies),
+            "bytes_down": bytes_down, "server_seconds": server_seconds, **(extra or {})}
+        self.state = replace(self.state, model=new_model, local=local,
+                             history=[*self.state.history, record])
+        if self.evaluator and (new_model.round % self.cfg.eval.every == 0
+                               or new_model.round == self.cfg.train.rounds):
+            record.update(self.evaluator.evaluate(new_model.total_delta(), new_model.head,
+                                                  prefix="global_"))
+            if self.spec.local:
+                record.update(self.personalized())
+        return record
+
+    def _kept(self, replies: list[ClientReply]) -> dict[int, dict[str, Tensor]]:
+        """The parts a method keeps on each client (FedSA-LoRA: ``B`` and the head)."""
+        if not self.spec.local:
+            return {}
+        kept = {}
+        for r in replies:
+            parts = {k: v for k, v in r.adapter.items() if k.endswith(LORA_B)} \
+                if "B" in self.spec.local else {}
+            if "head" in self.spec.local:
+                parts.update(r.head)
+            kept[r.client_id] = parts
+        return kept
+
+    def personalized(self) -> dict[str, float]:
+        """Mean over clients of each client's own model (global + local parts) on its test split."""
+        assert self.evaluator is not None
+        model, scores = self.state.model, []
+        for c, local in sorted(self.state.local.items()):
+            s = self.scaling(c)
+            layers, _ = split_adapter(model.start_adapter(self.ranks[c], s, local) or {})
+            deltas = {k: s * B @ A for k, (B, A) in layers.items()}
+            for k, b in model.base.items():
+                deltas[k] = deltas[k] + b if k in deltas else b
+            scores.append(self.evaluator.evaluate(deltas, model.start_head(local) or model.head,
+                                                  prefix="personal_", client=c))
+        return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]} if scores else {}

@@ -1,0 +1,57 @@
+"""Who trains when: client ranks, per-round sampling and seeds, all derived from the run seed.
+
+Every random choice is a pure function of ``(seed, round, client)``, so a resumed run draws exactly
+what an uninterrupted one would, whatever process executes a client.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from glora.aggregation import get_method
+from glora.config import ExperimentConfig
+
+
+def client_ranks(cfg: ExperimentConfig) -> list[int]:
+    """Each client's LoRA rank: the list cycled over clients, or drawn from it."""
+    ranks, n = cfg.lora.ranks, cfg.data.num_clients
+    if cfg.lora.rank_sampling == "random":
+        rng = np.random.default_rng([cfg.seed, 7])
+        return [int(r) for r in rng.choice(ranks, size=n)]
+    return [ranks[i % len(ranks)] for i in range(n)]
+
+
+def method_ranks(cfg: ExperimentConfig, method: str) -> tuple[list[int], str]:
+    """Ranks a method runs with, and a label saying so where it needs equal ranks."""
+    ranks = client_ranks(cfg)
+    if get_method(method).mixed_ranks or len(set(ranks)) == 1:
+        return ranks, method
+    r = min(ranks) if cfg.lora.equal_rank == "min" else max(ranks)
+    return [r] * len(ranks), f"{method} (all r={r})"
+
+
+def lora_scaling(cfg: ExperimentConfig, rank: int) -> float:
+    """``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
+    return cfg.lora.alpha / (math.sqrt(rank) if cfg.lora.rslora else rank)
+
+
+def sample_clients(cfg: ExperimentConfig, round_: int) -> list[int]:
+    """The clients taking part in ``round_`` (sorted)."""
+    n = cfg.data.num_clients
+    k = max(1, round(cfg.train.participation * n))
+    if k >= n:
+        return list(range(n))
+    rng = np.random.default_rng([cfg.seed, round_, 11])
+    return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
+
+
+def train_seed(cfg: ExperimentConfig, round_: int, client: int) -> int:
+    """Seed of one client's local training in one round."""
+    return int(np.random.default_rng([cfg.seed, round_, client, 13]).integers(2**31))
+
+
+def init_seed(cfg: ExperimentConfig, round_: int) -> int:
+    """Seed of a fresh adapter init, shared by every client of a round (a shared start)."""
+    return int(np.random.default_rng([cfg.seed, round_, 17]).integers(2**31))

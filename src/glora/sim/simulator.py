@@ -1,0 +1,66 @@
+"""The in-process federated simulator: sample, train in worker processes, aggregate, evaluate.
+
+One :class:`Simulation` runs one method; :func:`glora.sim.experiment.run_experiment` runs several
+on the same partitions and seeds. After every round the whole state is checkpointed atomically,
+and ``resume=True`` continues from it with identical results (every random choice is a function of
+``(seed, round, client)``, so the round counter is the only RNG state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from glora.config import ExperimentConfig
+from glora.server import FederatedServer
+from glora.sim import checkpoint
+from glora.sim.prepare import Prepared
+
+
+class Simulation:
+    """Federated rounds of one method over prepared data.
+
+    Args:
+        cfg: the experiment config.
+        method: registry name of the aggregation method.
+        prepared: tokenized data, partitions and evaluation.
+        out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go.
+        executor: trains a list of client tasks (worker processes or inline).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, method: str, prepared: Prepared, out_dir: Path,
+                 executor: Callable[[list], list]) -> None:
+        self.cfg, self.data, self.out, self.execute = cfg, prepared, Path(out_dir), executor
+        self.server = FederatedServer(cfg, method, prepared)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def label(self) -> str:
+        return self.server.label
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def run(self, resume: bool = False, stop_after: int | None = None,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> FederatedServer:
+        """Run the remaining rounds (``stop_after`` stops early, as an interruption would)."""
+        if resume and self.checkpoint_path.exists():
+            self.server.load(self.checkpoint_path)
+        while self.server.round < self.cfg.train.rounds:
+            if stop_after is not None and self.server.round >= stop_after:
+                break
+            tasks = [dataclasses.replace(t, data=self.data.client_train(t.client_id))
+                     for t in self.server.configure()]
+            started = time.perf_counter()
+            results = self.execute(tasks)
+            record = self.server.aggregate(results, {"train_seconds": time.perf_counter() - started})
+            self.server.save(self.checkpoint_path)
+            checkpoint.write_text_atomic(self.out / "metrics.jsonl", "".join(
+                json.dumps(h) + "\n" for h in self.server.state.history))
+            if progress:
+                progress(record)
+        return self.server
