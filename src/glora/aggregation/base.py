@@ -203,3 +203,17 @@ def weights(updates: list[ClientUpdate]) -> list[float]:
     """``p_i = n_i / sum_j n_j`` (Python floats: exact and dtype-free)."""
     total = sum(u.num_examples for u in updates)
     return [u.num_examples / total for u in updates]
+
+
+def average_factors(updates: list[ClientUpdate], w: list[float]) -> tuple[Tensor, Tensor, float]:
+    """Weighted factor average ``(B, A, s)`` with ``s = sum w_i s_i``.
+
+    ``B = sum_i w_i (s_i / s) B_i`` and ``A = sum_i w_i A_i``: each ``B_i`` keeps its scaling
+    relative to the mean, so ``s B A = sum_i w_i s_i B_i A`` whenever the ``A_i`` agree
+    (FFA-LoRA's exactness). When every client has the same scaling (equal ranks, one ``alpha``)
+    this is the published plain average of the factors.
+    """
+    s = sum(wi * u.scaling for wi, u in zip(w, updates))
+    B = sum(wi * u.scaling / s * u.B for wi, u in zip(w, updates))
+    A = sum(wi * u.A for wi, u in zip(w, updates))
+    return B, A, s

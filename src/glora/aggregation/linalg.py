@@ -66,3 +66,8 @@ def split_factors(U: Tensor, S: Tensor, Vh: Tensor, rank: int, scaling: float,
 def stack_factors(Bs: list[Tensor], As: list[Tensor], coefs: list[float]) -> tuple[Tensor, Tensor]:
     """``[c_1 B_1 ... c_N B_N]`` and ``[A_1; ...; A_N]``: their product is ``sum c_i B_i A_i``."""
     return torch.cat([c * B for c, B in zip(coefs, Bs)], dim=1), torch.cat(As, dim=0)
+
+
+def product_norm(B: Tensor, A: Tensor) -> Tensor:
+    """``||B A||_F`` from ``r x r`` products: ``||B A||_F^2 = trace((B^T B)(A A^T))``."""
+    return ((B.mT @ B) * (A @ A.mT)).sum().clamp_min(0).sqrt()

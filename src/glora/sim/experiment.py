@@ -34,7 +34,8 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int 
             bar = tqdm(total=cfg.train.rounds, desc=sim.label, unit="round", leave=True)
 
             def progress(record: dict[str, Any], bar: tqdm = bar) -> None:
-                bar.update(1)
+                bar.n = record["round"]  # also right after a resume
+                bar.refresh()
                 shown = {k: f"{v:.3f}" for k, v in record.items()
                          if k.startswith(("global_", "personal_")) and isinstance(v, float)}
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", **shown)
