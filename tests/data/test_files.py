@@ -87,6 +87,14 @@ def test_test_file_uses_the_training_label_ids(tmp_path):
         load_files(train, unknown)
 
 
+def test_task_column_is_kept_through_subsets(tmp_path):
+    path = _jsonl(tmp_path / "multi.jsonl", [{"text": "a", "label": 0, "task": "qa"},
+                                             {"text": "b", "label": 1, "task": "nli"}])
+    data = load_file(path, task_column="task")
+    assert data.tasks == ["qa", "nli"] and data.subset([1]).tasks == ["nli"]
+    assert load_file(path).tasks is None
+
+
 def test_without_test_file_a_seeded_split(tmp_path):
     rows = [{"text": f"t{i}", "label": i % 2} for i in range(50)]
     splits = load_files(_jsonl(tmp_path / "d.jsonl", rows), test_fraction=0.2, seed=0)

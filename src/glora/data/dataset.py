@@ -28,6 +28,8 @@ class TextDataset:
         task_type: ``"classification"`` or ``"regression"``.
         metrics: names from :data:`glora.data.metrics.METRICS`, the first one being the headline.
         name: a short name for logs and result files.
+        tasks: the task each example belongs to (task heterogeneity, see
+            :func:`glora.data.partition.by_task`), else ``None``.
     """
 
     texts: list[str]
@@ -37,13 +39,16 @@ class TextDataset:
     task_type: TaskType = "classification"
     metrics: tuple[str, ...] = ("accuracy",)
     name: str = ""
+    tasks: list[str] | None = None
 
     def __post_init__(self) -> None:
         problems = []
         if len(self.labels) != len(self.texts):
             problems.append(f"{len(self.texts)} texts but {len(self.labels)} labels.")
-        if self.text_pairs is not None and len(self.text_pairs) != len(self.texts):
-            problems.append(f"{len(self.texts)} texts but {len(self.text_pairs)} text pairs.")
+        for field_name in ("text_pairs", "tasks"):
+            values = getattr(self, field_name)
+            if values is not None and len(values) != len(self.texts):
+                problems.append(f"{len(self.texts)} texts but {len(values)} {field_name}.")
         if self.task_type not in TASK_TYPES:
             problems.append(f"`task_type` must be one of {TASK_TYPES}, got {self.task_type!r}.")
         if self.task_type == "classification" and self.label_names is not None and self.labels:
@@ -68,9 +73,13 @@ class TextDataset:
     def subset(self, indices: Sequence[int] | np.ndarray) -> TextDataset:
         """The examples at ``indices`` (in that order), with the same metadata."""
         idx = [int(i) for i in indices]
-        pairs = None if self.text_pairs is None else [self.text_pairs[i] for i in idx]
+
+        def pick(values: list[str] | None) -> list[str] | None:
+            return None if values is None else [values[i] for i in idx]
+
         return replace(self, texts=[self.texts[i] for i in idx],
-                       labels=[self.labels[i] for i in idx], text_pairs=pairs)
+                       labels=[self.labels[i] for i in idx],
+                       text_pairs=pick(self.text_pairs), tasks=pick(self.tasks))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Load the user's own data: a CSV file with a header row, or a JSONL file, one object a line.
 
-Each example has a text, optionally a second text (sentence-pair tasks) and a label. Column
-names are configurable. Classification labels may be class ids (integers) or names (strings,
-mapped to ids in sorted order); regression labels are real numbers.
+Each example has a text, optionally a second text (sentence-pair tasks), a label and optionally
+the name of its task (task heterogeneity). Column names are configurable. Classification labels
+may be class ids (integers) or names (strings, mapped to ids in sorted order); regression labels
+are real numbers.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def _real_values(path: Path, raw: list[tuple[int, Any]]) -> list[float]:
 
 def load_file(path: str | Path, *, text_column: str = "text", text_pair_column: str | None = None,
               label_column: str = "label", task_type: TaskType = "classification",
-              label_names: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
-              name: str | None = None) -> TextDataset:
+              task_column: str | None = None, label_names: Sequence[str] | None = None,
+              metrics: Sequence[str] | None = None, name: str | None = None) -> TextDataset:
     """Read one CSV or JSONL file into a :class:`TextDataset`.
 
     Args:
@@ -102,6 +103,7 @@ def load_file(path: str | Path, *, text_column: str = "text", text_pair_column: 
         text_pair_column: column of the second text of sentence-pair tasks, if any.
         label_column: column of the label.
         task_type: ``"classification"`` or ``"regression"`` (real-valued labels).
+        task_column: column naming each example's task, for partitioning by task.
         label_names: class names in id order; pass the training set's names when reading its
             test file so both map names to the same ids. Default: the sorted distinct names.
         metrics: metric names; default accuracy and F1 (binary) or macro F1 (multiclass), or
@@ -117,11 +119,12 @@ def load_file(path: str | Path, *, text_column: str = "text", text_pair_column: 
         raise ConfigError(f"{path}: expected a file ending in {' or '.join(SUFFIXES)}.")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file.")
-    columns = {"text_column": text_column, "label_column": label_column}
-    if text_pair_column is not None:
-        columns["text_pair_column"] = text_pair_column
+    optional = {"text_pair_column": text_pair_column, "task_column": task_column}
+    columns = {"text_column": text_column, "label_column": label_column,
+               **{option: column for option, column in optional.items() if column is not None}}
     texts: list[str] = []
     pairs: list[str] = []
+    tasks: list[str] = []
     raw_labels: list[tuple[int, Any]] = []
     for number, record in _records(path):
         for option, column in columns.items():
@@ -132,6 +135,8 @@ def load_file(path: str | Path, *, text_column: str = "text", text_pair_column: 
         texts.append(str(record[text_column]))
         if text_pair_column is not None:
             pairs.append(str(record[text_pair_column]))
+        if task_column is not None:
+            tasks.append(str(record[task_column]))
         raw_labels.append((number, record[label_column]))
     if not texts:
         raise ConfigError(f"{path}: no examples.")
@@ -144,19 +149,20 @@ def load_file(path: str | Path, *, text_column: str = "text", text_pair_column: 
         default_metrics = BINARY_METRICS if binary else MULTICLASS_METRICS
     return TextDataset(texts=texts, labels=labels, text_pairs=pairs if text_pair_column else None,
                        label_names=names, task_type=task_type, name=name or path.stem,
-                       metrics=tuple(metrics or default_metrics))
+                       metrics=tuple(metrics or default_metrics),
+                       tasks=tasks if task_column else None)
 
 
-def load_files(train_path: str | Path, test_path: str | Path | None = None, *,
+def load_files(train_file: str | Path, test_file: str | Path | None = None, *,
                test_fraction: float = 0.2, seed: int = 0, **options: Any) -> Splits:
     """Train and test sets from the user's files; without a test file, a seeded stratified split.
 
     ``options`` are :func:`load_file`'s keyword arguments. The test file is read with the
     training set's label names, task type and metrics, so class ids agree across both.
     """
-    train = load_file(train_path, **options)
-    if test_path is None:
+    train = load_file(train_file, **options)
+    if test_file is None:
         return train_test_split(train, test_fraction, seed)
     options.update(label_names=train.label_names, task_type=train.task_type, metrics=train.metrics,
                    name=train.name)
-    return Splits(train=train, test=load_file(test_path, **options))
+    return Splits(train=train, test=load_file(test_file, **options))
