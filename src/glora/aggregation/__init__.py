@@ -4,7 +4,8 @@ from .base import ClientUpdate, FactorState, LowRankState, MethodConfig, ServerS
 from .registry import MethodSpec, aggregate, get_method, methods, register_method
 
 # Importing a method module registers it.
-from . import fedit, glora  # noqa: E402,F401  (isort: skip)
+from . import (  # noqa: E402,F401  (isort: skip)
+    fedex, fedit, fedsa, ffa, flexlora, flora, glora, hetlora, lorafair)
 
 __all__ = ["ClientUpdate", "FactorState", "LowRankState", "MethodConfig", "MethodSpec",
            "ServerState", "aggregate", "get_method", "methods", "register_method",

@@ -75,6 +75,9 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     if cfg.data.partition == "iid":
         parts = partition.iid(len(train), n, cfg.seed)
     elif cfg.data.partition == "dirichlet":
+        if train.task_type == "regression":
+            raise ConfigError(f"`data.partition=dirichlet` skews labels by class, but "
+                              f"{cfg.data.dataset!r} is a regression task; use iid.")
         parts = partition.dirichlet(train.labels, n, cfg.data.alpha, cfg.seed,
                                     min_size=cfg.data.min_client_size)
     else:
@@ -82,7 +85,10 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             raise ConfigError(f"`data.partition=task` needs a dataset with tasks; "
                               f"{cfg.data.dataset!r} has none. Use iid or dirichlet.")
         parts = partition.by_task(train.tasks, n, cfg.seed)
-    test_parts = partition.match_label_proportions(parts, train.labels, test.labels, cfg.seed)
+    if train.task_type == "regression":  # no classes to match: an even split of the test set
+        test_parts = partition.iid(len(test), n, cfg.seed)
+    else:
+        test_parts = partition.match_label_proportions(parts, train.labels, test.labels, cfg.seed)
     model_spec = {"model": cfg.model.name, "num_labels": train.num_labels,
                   "target_modules": list(cfg.model.target_modules), "alpha": cfg.lora.alpha,
                   "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
