@@ -1,0 +1,51 @@
+"""FFA-LoRA (Sun et al., "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024).
+
+Every client keeps ``A`` frozen at the same seeded initialization and trains only ``B``, so the
+average ``B = sum_i p_i B_i`` is exact: ``s B A = sum_i p_i dW_i``. The server checks that the
+``A_i`` really agree (a client that trained ``A``, or used another seed, would silently break the
+exactness). Equal ranks only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from glora.errors import ConfigError, InvalidUpdateError
+
+from .base import ClientUpdate, FactorState, MethodConfig, average_factors
+from .registry import MethodSpec, register_method
+
+
+@dataclass
+class FFAConfig(MethodConfig):
+    """Options of FFA-LoRA.
+
+    Args:
+        rtol (`float`, defaults to `1e-5`): a client's ``A`` may differ from client 0's by at most
+            ``rtol`` times the largest entry of client 0's ``A`` (room for dtype round trips;
+            a frozen ``A`` is normally bit-identical).
+    """
+
+    rtol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if not self.rtol >= 0:
+            raise ConfigError(f"`rtol` must be non-negative, got {self.rtol!r}.")
+
+
+def aggregate_ffa(updates: list[ClientUpdate], p: list[float], config: FFAConfig) -> FactorState:
+    """``B = sum_i p_i (s_i / s) B_i`` with the shared frozen ``A`` (:func:`average_factors`)."""
+    A0 = updates[0].A
+    tol = config.rtol * float(A0.abs().max())
+    for i, u in enumerate(updates[1:], start=1):
+        diff = float((u.A - A0).abs().max())
+        if diff > tol:
+            raise InvalidUpdateError(
+                f"`A` differs from client 0's by up to {diff:.3g} (allowed {tol:.3g}); FFA-LoRA "
+                "needs every client to keep `A` frozen at the same seeded initialization.", i)
+    B, A, s = average_factors(updates, p)
+    return FactorState("ffa", B, A, s)
+
+
+register_method(MethodSpec("ffa", FFAConfig, aggregate_ffa, mixed_ranks=False, uploads=("B",),
+                           frozen=("A",), paper="https://arxiv.org/abs/2403.12313"))

@@ -1,0 +1,51 @@
+"""HetLoRA (Cho et al., "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation
+Models", EMNLP 2024).
+
+Mixed ranks: every client's factors are zero-padded to the largest rank ``r_max`` and averaged
+with weights proportional to ``||dW_i||_F`` (computed from ``r x r`` products, never densely; a
+client with a zero update gets weight 0). A client of rank ``r`` starts from the first ``r``
+columns of ``B`` and rows of ``A``. The paper's local rank self-pruning happens on the client
+during training and is not part of this server rule.
+
+Scaling: clients of different ranks have different scalings ``s_i`` (``alpha / r_i``). The state
+holds ``s = sum_i w_i s_i`` and ``B = sum_i w_i (s_i / s) B_i`` (see
+:func:`glora.aggregation.base.average_factors`); the readout rescales ``B`` by ``s / s_client``,
+so a client's start ``s_client B_r A_r`` is the rank-``r`` truncation of the state's ``s B A``.
+With one common scaling this is the published rule (the factors themselves are handed down).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from . import linalg
+from .base import ClientUpdate, FactorState, MethodConfig, average_factors
+from .registry import MethodSpec, register_method
+
+
+@dataclass
+class HetLoRAConfig(MethodConfig):
+    """HetLoRA has no server options."""
+
+
+def aggregate_hetlora(updates: list[ClientUpdate], p: list[float], config: HetLoRAConfig,
+                      ) -> FactorState:
+    """Norm-weighted average of the zero-padded factors; truncatable to every client rank.
+
+    The weights ignore ``p`` (the paper weighs by update norm only); when every update is zero
+    they fall back to ``p`` (the result is then zero in any case).
+    """
+    r_max = max(u.rank for u in updates)
+    norms = [u.scaling * float(linalg.product_norm(u.B, u.A)) for u in updates]
+    total = sum(norms)
+    w = [n / total for n in norms] if total > 0 else p
+    padded = [ClientUpdate(F.pad(u.B, (0, r_max - u.rank)), F.pad(u.A, (0, 0, 0, r_max - u.rank)),
+                           u.num_examples, u.scaling) for u in updates]
+    B, A, s = average_factors(padded, w)
+    return FactorState("hetlora", B, A, s, truncatable=True, info={"weights": w})
+
+
+register_method(MethodSpec("hetlora", HetLoRAConfig, aggregate_hetlora, mixed_ranks=True,
+                           paper="https://arxiv.org/abs/2401.06432"))
