@@ -146,6 +146,13 @@ class MethodConfig:
     """Base of every method's config dataclass."""
 
 
+def rank_option_problems(rank: object) -> list[str]:
+    """What is wrong with an optional server ``rank`` option (a positive ``int`` or ``None``)."""
+    if rank is None or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+        return []
+    return [f"`rank` must be a positive integer or None, got {rank!r}."]
+
+
 def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
                      method: str = "") -> list[ClientUpdate]:
     """Check a round's updates; return them in one common floating dtype.

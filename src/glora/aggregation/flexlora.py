@@ -23,7 +23,7 @@ import torch
 from glora.errors import ConfigError
 
 from . import linalg
-from .base import ClientUpdate, LowRankState, MethodConfig
+from .base import ClientUpdate, LowRankState, MethodConfig, rank_option_problems
 from .registry import MethodSpec, register_method
 
 PATHS = ("factored", "dense")
@@ -47,9 +47,7 @@ class FlexLoRAConfig(MethodConfig):
         problems = []
         if self.path not in PATHS:
             problems.append(f"`path` must be one of {PATHS}, got {self.path!r}.")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
-                                      or self.rank < 1):
-            problems.append(f"`rank` must be a positive integer or None, got {self.rank!r}.")
+        problems += rank_option_problems(self.rank)
         if problems:
             raise ConfigError(problems)
 

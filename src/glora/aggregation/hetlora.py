@@ -1,7 +1,7 @@
 """HetLoRA (Cho et al., "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation
 Models", EMNLP 2024).
 
-Mixed ranks: every client's factors are zero-padded to the largest rank ``r_max`` and averaged
+Mixed ranks: every client's factors are zero-padded to the server rank ``R`` and averaged
 with weights proportional to ``||dW_i||_F`` (computed from ``r x r`` products, never densely; a
 client with a zero update gets weight 0). A client of rank ``r`` starts from the first ``r``
 columns of ``B`` and rows of ``A``. The paper's local rank self-pruning happens on the client
@@ -20,14 +20,30 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from glora.errors import ConfigError, InvalidUpdateError
+
 from . import linalg
-from .base import ClientUpdate, FactorState, MethodConfig, average_factors
+from .base import ClientUpdate, FactorState, MethodConfig, average_factors, rank_option_problems
 from .registry import MethodSpec, register_method
 
 
 @dataclass
 class HetLoRAConfig(MethodConfig):
-    """HetLoRA has no server options."""
+    """Options of HetLoRA.
+
+    Args:
+        rank (`int`, *optional*): server rank ``R``, the rank the factors are zero-padded to and
+            the largest rank the state can serve. Defaults to the largest client rank of the
+            round. Set it to the largest rank of all clients when not every client takes part in
+            every round: columns no participant has are then zero (a trainer re-initializes such
+            zero rows of ``A``, or they never train).
+    """
+
+    rank: int | None = None
+
+    def __post_init__(self) -> None:
+        if problems := rank_option_problems(self.rank):
+            raise ConfigError(problems)
 
 
 def aggregate_hetlora(updates: list[ClientUpdate], p: list[float], config: HetLoRAConfig,
@@ -37,11 +53,15 @@ def aggregate_hetlora(updates: list[ClientUpdate], p: list[float], config: HetLo
     The weights ignore ``p`` (the paper weighs by update norm only); when every update is zero
     they fall back to ``p`` (the result is then zero in any case).
     """
-    r_max = max(u.rank for u in updates)
+    R = config.rank or max(u.rank for u in updates)
+    for i, u in enumerate(updates):
+        if u.rank > R:
+            raise InvalidUpdateError(f"rank {u.rank} exceeds the server rank {R} (`rank` option).",
+                                     i)
     norms = [u.scaling * float(linalg.product_norm(u.B, u.A)) for u in updates]
     total = sum(norms)
     w = [n / total for n in norms] if total > 0 else p
-    padded = [ClientUpdate(F.pad(u.B, (0, r_max - u.rank)), F.pad(u.A, (0, 0, 0, r_max - u.rank)),
+    padded = [ClientUpdate(F.pad(u.B, (0, R - u.rank)), F.pad(u.A, (0, 0, 0, R - u.rank)),
                            u.num_examples, u.scaling) for u in updates]
     B, A, s = average_factors(padded, w)
     return FactorState("hetlora", B, A, s, truncatable=True, info={"weights": w})
