@@ -1,0 +1,61 @@
+"""FlexLoRA: best low-rank approximations of the exact average, factored or dense."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lora_helpers import best_rank, exact_average, make_clients, rel
+
+import glora
+from glora.errors import ConfigError
+
+
+@pytest.mark.parametrize("path", ["factored", "dense"])
+def test_state_is_best_rank_R_of_the_exact_average(path):
+    ups = make_clients((2, 4, 3))
+    D = exact_average(ups)
+    state = glora.aggregate("flexlora", ups, path=path)
+    assert state.info["rank"] == 4  # default: the largest client rank
+    assert rel(state.delta(), best_rank(D, 4)) < 1e-12
+    S = torch.linalg.svdvals(D)
+    assert state.info["relative_truncation_error"] == pytest.approx(
+        float(S[4:].norm() / S.norm()), rel=1e-10)
+
+
+@pytest.mark.parametrize("path", ["factored", "dense"])
+@pytest.mark.parametrize("r, s", [(1, 8.0), (2, 4.0), (3, 8 / 3), (4, 2.0)])
+def test_readout_is_best_rank_r(path, r, s):
+    ups = make_clients((2, 4, 3))
+    B, A = glora.aggregate("flexlora", ups, path=path).readout(r, s)
+    assert B.shape == (ups[0].B.shape[0], r) and A.shape == (r, ups[0].A.shape[1])
+    assert rel(s * B @ A, best_rank(exact_average(ups), r)) < 1e-12
+    # Balanced factors: B^T B s = A A^T s (both the diagonal of singular values).
+    assert rel(s * B.mT @ B, s * A @ A.mT) < 1e-12
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_dense_and_factored_paths_agree(dtype, tol):
+    ups = make_clients((2, 4, 3), dtype=dtype)
+    dense = glora.aggregate("flexlora", ups, path="dense", rank=6)
+    factored = glora.aggregate("flexlora", ups, rank=6)
+    assert factored.delta().dtype == dtype
+    assert rel(factored.delta(), dense.delta()) < tol
+    for r in (2, 6):
+        (Bd, Ad), (Bf, Af) = dense.readout(r, 1.0), factored.readout(r, 1.0)
+        assert rel(Bf @ Af, Bd @ Ad) < tol
+
+
+def test_server_rank_option_and_exactness():
+    ups = make_clients((2, 4, 3))
+    assert rel(glora.aggregate("flexlora", ups, rank=9).delta(), exact_average(ups)) < 1e-12
+    state = glora.aggregate("flexlora", ups, rank=50)  # capped at sum r_i
+    assert state.info["rank"] == 9
+    B, A = state.readout(12, 1.0)  # more than the state holds: zero-padded
+    assert torch.all(B[:, 9:] == 0) and rel(B @ A, exact_average(ups)) < 1e-12
+
+
+@pytest.mark.parametrize("options, message", [({"path": "svd"}, "`path` must be one of"),
+                                              ({"rank": 0}, "`rank` must be a positive integer")])
+def test_bad_options_name_the_key(options, message):
+    with pytest.raises(ConfigError, match=message):
+        glora.aggregate("flexlora", make_clients(), **options)
