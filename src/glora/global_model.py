@@ -74,9 +74,15 @@ class GlobalModel:
     head: dict[str, Tensor] = field(default_factory=dict)
 
     def total_delta(self) -> dict[str, Tensor]:
-        """Dense update of every layer relative to the pretrained weight (evaluation, export)."""
-        fresh = {k for k, s in self.layers.items() if s.fresh_adapter}
-        out = {k: s.delta() for k, s in self.layers.items() if k not in fresh}
+        """Dense update of every layer relative to the pretrained weight (evaluation, export).
+
+        The folded ``base`` plus what the clients' start adapters add on top of it: the state's
+        update less the part it folded this round (FLoRA folds all of it, FedEx-LoRA the residual).
+        """
+        out = {}
+        for k, state in self.layers.items():
+            folded = _dense(state.base_update())
+            out[k] = state.delta() if folded is None else state.delta() - folded
         for k, b in self.base.items():
             out[k] = out[k] + b if k in out else b.clone()
         return out
@@ -152,15 +158,18 @@ def aggregate_model(previous: GlobalModel, replies: list[ClientReply]) -> Global
             raise InvalidUpdateError(err.reason, err.client, key) from None
     base = {k: v.clone() for k, v in previous.base.items()}
     for key, state in layers.items():
-        update = state.base_update()
-        if update is None:
-            continue
-        dense = update if isinstance(update, Tensor) else update[0] @ update[1]
-        base[key] = base[key] + dense if key in base else dense
+        dense = _dense(state.base_update())
+        if dense is not None:
+            base[key] = base[key] + dense if key in base else dense
     # Heads are averaged for every method; where the method keeps heads local (FedSA-LoRA) this
     # average serves global evaluation only and is never sent down.
     head = _average_heads(replies)
     return GlobalModel(previous.method, dict(previous.options), previous.round + 1, layers, base, head)
+
+
+def _dense(update: Tensor | tuple[Tensor, Tensor] | None) -> Tensor | None:
+    """A base update as a dense matrix (it is folded into a dense frozen weight anyway)."""
+    return update if update is None or isinstance(update, Tensor) else update[0] @ update[1]
 
 
 def _average_heads(replies: list[ClientReply]) -> dict[str, Tensor]:
