@@ -1,0 +1,122 @@
+"""Wire format of a round: a :class:`TrainTask` down to a node, a :class:`TrainResult` back up.
+
+Tensors travel in :class:`~flwr.app.ArrayRecord`\\ s under PEFT's adapter-name-free keys (bytes
+exact: a float32 tensor arrives bit for bit), scalars in a :class:`~flwr.app.ConfigRecord` (down)
+or :class:`~flwr.app.MetricRecord` (up) under Flower's kebab-case keys. An optional tensor dict
+(``adapter``, ``head`` of a task) that is ``None`` is simply absent from the message. A task's
+``data`` never travels: each node attaches its own partition when decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from torch import Tensor
+
+from glora.client.train import TrainResult, TrainTask
+from glora.errors import GloraError
+
+#: TrainTask scalar field -> ConfigRecord key.
+TASK_SCALARS = {"client_id": "client-id", "round": "round", "rank": "rank", "seed": "seed",
+                "init_seed": "init-seed", "steps": "steps", "batch_size": "batch-size",
+                "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight-decay"}
+#: TrainTask tensor-dict fields (``adapter`` and ``head`` may be ``None``).
+TASK_TENSORS = ("adapter", "head", "base")
+#: TrainResult scalar field -> MetricRecord key (``num-examples`` is Flower's default weight key).
+RESULT_SCALARS = {"client_id": "client-id", "num_examples": "num-examples",
+                  "train_loss": "train-loss", "seconds": "seconds"}
+RESULT_TENSORS = ("adapter", "head")
+TASK, RESULT, NODE = "task", "result", "node"
+
+
+class CodecError(GloraError, ValueError):
+    """A message does not hold what the glora protocol expects (names the missing part)."""
+
+
+def _arrays(tensors: dict[str, Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: v.contiguous() for k, v in tensors.items()})
+
+
+def _tensors(record: RecordDict, key: str) -> dict[str, Tensor] | None:
+    arrays = record.array_records.get(key)
+    return None if arrays is None else dict(arrays.to_torch_state_dict())
+
+
+def _require(record: RecordDict, key: str, kind: str, what: str) -> Any:
+    records = record.config_records if kind == "config" else record.metric_records
+    if key not in records:
+        raise CodecError(f"{what} message has no {kind} record {key!r}; is the node running "
+                         "the glora ClientApp of the same version?")
+    return records[key]
+
+
+def encode_task(task: TrainTask) -> RecordDict:
+    """A task as message content (without ``data``)."""
+    config = ConfigRecord({key: getattr(task, name) for name, key in TASK_SCALARS.items()})
+    config["frozen"] = list(task.frozen)
+    content = RecordDict({TASK: config})
+    for name in TASK_TENSORS:
+        value = getattr(task, name)
+        if value is not None:
+            content[name] = _arrays(value)
+    return content
+
+
+def decode_task(content: RecordDict, data: tuple[Tensor, ...]) -> TrainTask:
+    """The task in ``content``, training on ``data`` (the receiving node's partition).
+
+    Raises:
+        CodecError: the task record is missing or lacks a field.
+    """
+    config = _require(content, TASK, "config", "train")
+    missing = [key for key in (*TASK_SCALARS.values(), "frozen") if key not in config]
+    if missing:
+        raise CodecError(f"train message lacks task fields {missing}.")
+    scalars = {name: config[key] for name, key in TASK_SCALARS.items()}
+    return TrainTask(**scalars, frozen=tuple(config["frozen"]), data=data,
+                     adapter=_tensors(content, "adapter"), head=_tensors(content, "head"),
+                     base=_tensors(content, "base") or {})
+
+
+def encode_result(result: TrainResult) -> RecordDict:
+    """A result as reply content."""
+    content = RecordDict({RESULT: MetricRecord(
+        {key: getattr(result, name) for name, key in RESULT_SCALARS.items()})})
+    for name in RESULT_TENSORS:
+        content[name] = _arrays(getattr(result, name))
+    return content
+
+
+def decode_result(content: RecordDict) -> TrainResult:
+    """The result in a reply's ``content``.
+
+    Raises:
+        CodecError: the result record or a tensor record is missing.
+    """
+    metrics = _require(content, RESULT, "metric", "reply")
+    tensors = {name: _tensors(content, name) for name in RESULT_TENSORS}
+    missing = [k for k in RESULT_SCALARS.values() if k not in metrics] + \
+        [name for name, value in tensors.items() if value is None]
+    if missing:
+        raise CodecError(f"reply lacks result fields {missing}.")
+    scalars = {name: metrics[key] for name, key in RESULT_SCALARS.items()}
+    return TrainResult(**scalars, **tensors)
+
+
+def encode_node(partition_id: int, num_partitions: int | None) -> RecordDict:
+    """A node's answer to the partition query."""
+    info = ConfigRecord({"partition-id": partition_id})
+    if num_partitions is not None:
+        info["num-partitions"] = num_partitions
+    return RecordDict({NODE: info})
+
+
+def decode_node(content: RecordDict) -> tuple[int, int | None]:
+    """``(partition id, number of partitions or None)`` from a query reply."""
+    info = _require(content, NODE, "config", "query reply")
+    if "partition-id" not in info:
+        raise CodecError("query reply lacks `partition-id`.")
+    n = info.get("num-partitions")
+    return int(info["partition-id"]), None if n is None else int(n)
+
