@@ -1,0 +1,113 @@
+"""End-to-end runs of the in-process simulator on the tiny setting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from glora.aggregation import methods
+from glora.client.evaluate import logits
+from glora.errors import ConfigError
+from glora.models import load_classifier
+from glora.sim.experiment import run_experiment
+from glora.sim.prepare import prepare
+from glora.sim.simulator import Simulation
+from glora.sim.workers import ClientExecutor
+
+
+def history(out: Path, method: str = "glora") -> list[dict]:
+    return [json.loads(line) for line in (out / method / "metrics.jsonl").read_text().splitlines()]
+
+
+def strip_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in records]
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
+    straight = tiny_config(f"output_dir={tmp_path / 'straight'}")
+    run_experiment(straight, export=False)
+    interrupted = tiny_config(f"output_dir={tmp_path / 'resumed'}")
+    run_experiment(interrupted, stop_after=1, export=False)
+    assert len(history(tmp_path / "resumed")) == 1
+    run_experiment(interrupted, resume=True, export=False)
+    assert strip_timing(history(tmp_path / "resumed")) == strip_timing(history(tmp_path / "straight"))
+    a = torch.load(tmp_path / "straight/glora/checkpoint.pt", weights_only=False).model.total_delta()
+    b = torch.load(tmp_path / "resumed/glora/checkpoint.pt", weights_only=False).model.total_delta()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exported_adapter_gives_the_in_memory_predictions(tiny_config, tiny_model_dir):
+    from peft import PeftModel
+
+    cfg = tiny_config("train.rounds=2")
+    run_experiment(cfg)
+    prepared = prepare(cfg)
+    state = torch.load(Path(cfg.output_dir) / "glora/checkpoint.pt", weights_only=False)
+    in_memory = logits(prepared.cache.global_model(state.model.total_delta(), state.model.head),
+                       prepared.test)
+    peft_model = PeftModel.from_pretrained(load_classifier(tiny_model_dir, num_labels=2),
+                                           str(Path(cfg.output_dir) / "glora/adapter")).eval()
+    exported = logits(peft_model, prepared.test)
+    assert torch.allclose(exported, in_memory, atol=1e-5)
+    assert not torch.allclose(in_memory, logits(prepared.cache.global_model({}, None), prepared.test))
+
+
+def test_every_method_runs_with_mixed_ranks_and_learns(tiny_config):
+    cfg = tiny_config("train.rounds=3", "train.local_steps=8", "train.lr=0.03",
+                      f"methods={methods()}", "lora.equal_rank=min")
+    rows = run_experiment(cfg, export=False)
+    assert [r["method"] for r in rows] == [
+        m if m in ("flora", "flexlora", "glora", "hetlora") else f"{m} (all r=2)" for m in methods()]
+    untrained = prepare(cfg).evaluate({}, {}, prefix="")["loss"]
+    for row in rows:
+        assert row["global_loss"] < untrained - 0.03, row
+        if not row["method"].startswith("ffa"):  # FFA-LoRA trains B only against a frozen A: slower
+            assert row["global_accuracy"] > 0.7, row  # the tiny task is separable
+        assert row["MB_up_per_round"] > 0 and row["MB_down_per_round"] > 0
+    fedsa = next(r for r in rows if r["method"].startswith("fedsa"))
+    assert "personal_accuracy" in fedsa  # FedSA-LoRA's personalized models, labelled as such
+    out = Path(cfg.output_dir)
+    assert (out / "summary.md").exists() and (out / "summary.csv").exists()
+    assert (out / "metric_per_round.png").stat().st_size > 0
+    assert (out / "config.yaml").exists()
+
+
+def test_two_worker_processes_give_the_same_result_as_one(tiny_config, tmp_path):
+    cfg = tiny_config("train.rounds=1")
+    prepared = prepare(cfg)
+    records = []
+    for workers in (1, 2):
+        with ClientExecutor(prepared.model_spec, workers) as executor:
+            server = Simulation(cfg, "glora", prepared, tmp_path / f"w{workers}", executor).run()
+        records.append(strip_timing(server.state.history))
+    assert records[0] == records[1]
+
+
+def test_participation_samples_a_fraction_of_clients(tiny_config):
+    cfg = tiny_config("train.participation=0.5", "train.rounds=2")
+    run_experiment(cfg, export=False)
+    rounds = history(Path(cfg.output_dir))
+    assert [len(r["clients"]) for r in rounds] == [2, 2]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["methods=[fedavg]"], "unknown method 'fedavg'"),
+    (["lora.ranks=[2,64]"], "rank 64 is larger than layer"),
+    (["data.num_clients=500"], "500 clients but only 96 examples"),
+    (["data.partition=dirichlet", "data.alpha=0.01", "data.min_client_size=20"], "client"),
+    (["lora.equal_rank=error", "methods=[glora,fedit]"], r"\['fedit'\] need equal client ranks"),
+])
+def test_bad_input_is_named_before_training(tiny_config, overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(tiny_config(*overrides), export=False)
+    assert not (tmp_path / "run" / "glora" / "checkpoint.pt").exists()  # nothing trained
+
+
+def test_missing_column_names_the_file_and_column(tiny_config, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,label\nfine movie,1\n")
+    with pytest.raises(ConfigError, match=r"bad.csv.*no column `text`"):
+        run_experiment(tiny_config(f"data.dataset={bad}", "data.test_file=null"), export=False)
