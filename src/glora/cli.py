@@ -18,6 +18,8 @@ EPILOG = """examples:
   glora run train.rounds=3 methods=[glora,fedit]
   glora run --config configs/default.yaml output_dir=runs/mine
   glora run --resume output_dir=runs/mine     # continue an interrupted run
+  glora run --engine flower methods=[glora]   # a SuperLink and a SuperNode per client, on loopback
+  glora run --engine flower --superlink host:8000 --root-certificates ca.pem   # docs/flower.md
   glora methods                               # list the aggregation methods
 """
 
@@ -27,9 +29,15 @@ def _run(args: argparse.Namespace) -> None:
     from glora.sim.experiment import markdown_table, run_experiment
 
     cfg = load_config(args.config, args.overrides)
-    rows = run_experiment(cfg, resume=args.resume)
+    if args.engine == "flower":
+        from glora.flower.launch import run_flower
+
+        table = run_flower(cfg, args.config, args.overrides, args.resume, args.superlink,
+                           args.root_certificates, args.insecure)
+    else:
+        table = markdown_table(run_experiment(cfg, resume=args.resume))
     print()
-    print(markdown_table(rows))
+    print(table)
     print(f"\nresults, plots and adapters: {cfg.output_dir}")
 
 
@@ -49,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", help="YAML config (defaults are built in)")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoints")
+    run.add_argument("--engine", choices=["sim", "flower"], default="sim",
+                     help="in-process simulator, or a Flower deployment (docs/flower.md)")
+    run.add_argument("--superlink", metavar="HOST:PORT",
+                     help="flower: use this SuperLink instead of starting one (and a SuperNode "
+                     "per client) on loopback")
+    run.add_argument("--root-certificates", metavar="CA_PEM", help="flower: CA of --superlink")
+    run.add_argument("--insecure", action="store_true", help="flower: reach --superlink without TLS")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.rounds=3")
     run.set_defaults(func=_run)
     sub.add_parser("methods", help="list aggregation methods").set_defaults(func=_methods)

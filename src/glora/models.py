@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ DEFAULT_TARGET_MODULES = ("query", "value")
 HEAD_MODULES = ("classifier", "score")  # what PEFT saves as `modules_to_save` for SEQ_CLS
 PEFT_PREFIX = "base_model.model."
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+
+# peft 0.21 still calls a transformers helper that transformers 5 deprecated; nothing to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def default_model_path() -> str:

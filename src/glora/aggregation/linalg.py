@@ -29,17 +29,27 @@ def lowrank_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return q_l @ p.to(dtype), s.to(dtype), th.to(dtype) @ q_r.mT
 
 
-def column_basis(B: Tensor, A: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Orthonormal bases of the column and row spaces of ``B @ A``, and its singular values.
+def factored_column_basis(B: Tensor, A: Tensor, rtol: float | None = None,
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+    """Bases of the column and row spaces of ``B @ A`` as coordinates on the factors.
 
-    Drops directions whose singular value is below ``rtol`` times the largest (all of them when
-    ``B A = 0``). These are gauge-invariant: ``(B M, M^-1 A)`` gives the same projectors.
-    Returns ``U`` (``d_out x k``), ``S`` (``k``), ``V`` (``d_in x k``), ``k <= r``.
+    Returns ``X`` (``r x k``), ``S`` (``k``, descending) and ``Y`` (``r x k``), float64, with
+    ``B X`` and ``A^T Y`` orthonormal and ``B A = (B X) diag(S) (A^T Y)^T``: the singular value
+    decomposition of ``B A``. Only these small matrices are kept, so a caller can rebuild a
+    client's ``d x k`` bases when it needs them instead of holding all clients' at once.
+    Directions whose singular value is below ``rtol`` times the largest are dropped (all of them
+    when ``B A = 0``); the projectors ``(B X)(B X)^T`` do not depend on the gauge ``(B M, M^-1 A)``.
+
+    Thin QR of ``B`` and ``A^T`` in float64 (stable for ill-conditioned factors), SVD of the
+    ``r x r`` core ``R_B R_A^T = P S T^T``; ``X = R_B^+ P``, since ``P`` lies in the range of
+    ``R_B``, ``B X = Q_B P`` (likewise ``Y``).
     """
-    U, S, Vh = lowrank_svd(B, A)
     rtol = rtol_for(B.dtype) if rtol is None else rtol
+    r_b = torch.linalg.qr(B.double(), mode="r")[1]  # r x r
+    r_a = torch.linalg.qr(A.double().mT, mode="r")[1]  # r x r
+    P, S, Th = torch.linalg.svd(r_b @ r_a.mT)
     keep = S > rtol * S[0] if S.numel() and S[0] > 0 else torch.zeros_like(S, dtype=torch.bool)
-    return U[:, keep], S[keep], Vh[keep].mT
+    return torch.linalg.pinv(r_b) @ P[:, keep], S[keep], torch.linalg.pinv(r_a) @ Th[keep].mT
 
 
 def split_factors(U: Tensor, S: Tensor, Vh: Tensor, rank: int, scaling: float,
