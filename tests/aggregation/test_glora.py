@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -193,3 +195,20 @@ def test_one_state_serves_every_client_rank():
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(ConfigError, match=message):
         glora.aggregate("glora", clients(), **options)
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_clients_are_streamed_without_stacking_their_bases(two_sided, shape_recorder, monkeypatch):
+    """No tensor as large as all clients' bases (``d x sum r_i``) is built: chunks of clients."""
+    d = 64
+    monkeypatch.setattr(glora.aggregation.glora, "CHUNK_ELEMENTS", 2 * 4 * d)  # two clients
+    gen = torch.Generator().manual_seed(5)
+    ups = [glora.ClientUpdate(torch.randn(d, 4, dtype=torch.float64, generator=gen),
+                              torch.randn(4, d, dtype=torch.float64, generator=gen), 10 + i, 2.0)
+           for i in range(10)]
+    with shape_recorder:
+        state = glora.aggregate("glora", ups, rank=4, two_sided=two_sided)
+    assert max(math.prod(s) for s in shape_recorder.shapes) < d * sum(u.rank for u in ups)
+    monkeypatch.undo()  # one chunk: the same result
+    unchunked = glora.aggregate("glora", ups, rank=4, two_sided=two_sided)
+    assert rel(state.delta(), unchunked.delta()) < 1e-12

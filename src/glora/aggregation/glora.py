@@ -206,7 +206,7 @@ def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,
     dtype = spaces[0].factor.dtype
     chunks = _chunks(spaces)
     lam, vec = torch.linalg.eigh(_gram(chunks))  # ascending; m, m x m
-    lam, vec = lam.double().flip(0).clamp_min(0), vec.flip(1)
+    lam = lam.double().flip(0).clamp_min(0)  # descending; vec's columns are flipped when used
     numerical_rank = int((lam > linalg.rtol_for(dtype) * lam[0]).sum())
     R = min(rank, numerical_rank)
     tol = tie_rtol * float(lam[0])
@@ -221,8 +221,9 @@ def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,
             lo -= 1
         while hi < numerical_rank and float(lam[hi - 1]) - float(lam[hi]) <= tol:
             hi += 1
-    directions = _combine(chunks, vec[:, :hi] / lam[:hi].sqrt().to(vec.dtype))  # d x hi
+    top = vec[:, vec.shape[1] - hi:].flip(1)  # m x hi, eigenvectors of lam[:hi]
     del vec
+    directions = _combine(chunks, top / lam[:hi].sqrt().to(top.dtype))  # d x hi
     if hi > R:
         order = _tie_order(spaces, directions[:, lo:hi], linalg.rtol_for(dtype))
         directions = torch.cat([directions[:, :lo], directions[:, lo:hi] @ order[:, : R - lo]], 1)
