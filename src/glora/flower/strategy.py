@@ -1,0 +1,298 @@
+"""A Flower strategy that runs a :class:`~glora.server.FederatedServer` on a real federation.
+
+Every SuperNode serves one data partition (its ``partition-id`` node config), that is one glora
+client. The strategy asks new nodes for their partition with a query message, sends each node the
+task of its own client (the start adapter for its rank, head, base deltas, seeds,
+hyper-parameters), aggregates the replies with :meth:`FederatedServer.aggregate` (what the
+simulator calls) and checkpoints after every round.
+
+Failures: a node that errs or does not answer within the timeout is left out of its round and
+reported (``missing_clients`` in the round's record, and a warning). The round goes on when at
+least ``min_train_nodes`` sampled clients answered; otherwise it is sent again, with the same
+tasks (every seed is a function of seed, round and client), up to ``max_retries`` times. The
+server state only changes when a round aggregated completely.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from glora.errors import AggregationError, InvalidUpdateError
+from glora.flower import codec
+from glora.server import FederatedServer
+from glora.sim import checkpoint, plan
+
+EVAL_PREFIXES = ("global_", "personal_")
+
+
+def metric_record(record: dict[str, Any], evaluation: bool) -> MetricRecord:
+    """The numeric entries of a round record: evaluation metrics, or all the others."""
+    return MetricRecord({k: v for k, v in record.items()
+                         if k.startswith(EVAL_PREFIXES) == evaluation and _numeric(v)})
+
+
+def _numeric(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class GloraStrategy(Strategy):
+    """Rounds of a :class:`FederatedServer` over a Flower :class:`Grid`.
+
+    Args:
+        server: the server whose state the rounds advance (load a checkpoint into it to resume).
+        out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` are written after every round.
+        min_train_nodes: a round goes on when at least this many sampled clients answered
+            (capped at the number sampled).
+        max_retries: how often a round with too few answers is sent again before the run stops.
+        poll_interval: seconds between pulls of replies.
+
+    >>> strategy = GloraStrategy(FederatedServer(cfg, "glora", prepare(cfg)), Path("runs/x/glora"))
+    >>> strategy.start(grid, timeout=600)  # in a ServerApp's main
+    """
+
+    def __init__(self, server: FederatedServer, out_dir: Path, min_train_nodes: int = 2,
+                 max_retries: int = 3, poll_interval: float = 0.2) -> None:
+        if min_train_nodes < 1:
+            raise ValueError(f"`min_train_nodes` must be at least 1, got {min_train_nodes}.")
+        if max_retries < 0:
+            raise ValueError(f"`max_retries` must be at least 0, got {max_retries}.")
+        self.server, self.out = server, Path(out_dir)
+        self.min_train_nodes, self.max_retries = min_train_nodes, max_retries
+        self.poll_interval = poll_interval
+        self.timeout = 600.0  # seconds per exchange; set by start()
+        self.partitions: dict[int, int] = {}  # node id -> client id
+        self._silent: set[int] = set()  # nodes that did not answer their partition query
+        self._sampled: list[int] = []  # this round's clients
+        self._sent: dict[str, int] = {}  # message id -> node id, of the last exchange
+        self._started = 0.0
+        self._attempt = 0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> glora: %s, %d clients, ranks %s", self.server.label,
+            self.server.cfg.data.num_clients, self.server.ranks)
+        log(INFO, "\t└──> Minimum answers per round: %d, retries: %d, timeout: %g s",
+            self.min_train_nodes, self.max_retries, self.timeout)
+
+    # -- the round loop ------------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
+              num_rounds: int | None = None, timeout: float = 600.0,
+              train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              ) -> Result:
+        """Run rounds until the server reached ``num_rounds`` (default: ``train.rounds``).
+
+        ``initial_arrays`` is not used: the model is the server's state (a resumed run continues
+        from it). ``timeout`` bounds each exchange with the nodes. Evaluation is the server's
+        (``global_*`` metrics), so ``evaluate_config`` and ``evaluate_fn`` must stay ``None``.
+
+        Raises:
+            AggregationError: a round had too few answers after every retry; the state and the
+                checkpoint stay at the previous round.
+        """
+        if evaluate_config is not None or evaluate_fn is not None:
+            raise ValueError("`evaluate_config` and `evaluate_fn` are not used: the "
+                             "FederatedServer evaluates the global model after each round.")
+        rounds = self.server.cfg.train.rounds if num_rounds is None else num_rounds
+        self.timeout = timeout
+        log(INFO, "Starting %s strategy:", type(self).__name__)
+        self.summary()
+        result = Result()
+        first = True
+        while self.server.round < rounds:
+            t = self.server.round + 1
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", t, rounds)
+            for attempt in range(1, self.max_retries + 2):
+                self._attempt = attempt
+                self._wait_for_nodes(grid, everyone=first)
+                messages = self.configure_train(t, ArrayRecord(), train_config or ConfigRecord(),
+                                                grid)
+                replies = self._exchange(grid, messages).values()
+                metrics = self.aggregate_train(t, replies)[1]
+                if metrics is not None:
+                    break
+            else:
+                raise AggregationError(
+                    f"round {t}: fewer than {self.min_train_nodes} clients answered in "
+                    f"{self.max_retries + 1} attempts; the state stays at round {t - 1} "
+                    f"({self.checkpoint_path}). Start the missing SuperNodes and resume.")
+            first = False
+            record = self.server.state.history[-1]
+            result.train_metrics_clientapp[t] = metrics
+            if any(k.startswith(EVAL_PREFIXES) for k in record):
+                result.evaluate_metrics_serverapp[t] = metric_record(record, evaluation=True)
+        return result
+
+    # -- Strategy hooks ------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> list[Message]:
+        """One message per sampled client whose node is known, holding that client's task."""
+        node_of = {c: n for n, c in self.partitions.items()}
+        self._sampled = plan.sample_clients(self.server.cfg, self.server.round)
+        tasks = self.server.configure([c for c in self._sampled if c in node_of])
+        config["server-round"] = server_round
+        messages = []
+        for task in tasks:
+            content = codec.encode_task(task)
+            content["config"] = config
+            messages.append(Message(content, node_of[task.client_id], MessageType.TRAIN,
+                                    ttl=self.timeout, group_id=str(server_round)))
+        self._started = time.perf_counter()
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the answers if enough came; ``(None, None)`` asks for a retry.
+
+        The global model stays in ``server.state`` (and the checkpoint), so no arrays are
+        returned; the metrics are the round record's numeric entries.
+        """
+        seconds = time.perf_counter() - self._started
+        results = {}
+        for reply in replies:
+            node = self._sent.get(reply.metadata.reply_to_message_id)
+            client = self.partitions.get(node) if node is not None else None
+            if reply.has_error():
+                log(WARNING, "round %d: client %s failed: %s", server_round, client,
+                    reply.error.reason)
+                continue
+            try:
+                result = codec.decode_result(reply.content)
+            except codec.CodecError as err:
+                log(WARNING, "round %d: client %s: %s", server_round, client, err)
+                continue
+            if result.client_id != client:
+                log(WARNING, "round %d: the node of client %s answered for client %d; ignored.",
+                    server_round, client, result.client_id)
+                continue
+            results[client] = result
+        needed = min(self.min_train_nodes, len(self._sampled))
+        while len(results) >= needed:
+            missing = sorted(set(self._sampled) - set(results))
+            try:
+                extra = {"train_seconds": seconds, "missing_clients": missing,
+                         "attempt": self._attempt}
+                record = self.server.aggregate([results[c] for c in sorted(results)], extra)
+            except InvalidUpdateError as err:
+                if err.client not in results:
+                    raise
+                log(WARNING, "round %d: leaving out client %d: %s", server_round, err.client, err)
+                del results[err.client]
+                continue
+            if missing:
+                log(WARNING, "round %d: aggregated without clients %s (no valid answer)",
+                    server_round, missing)
+            self._persist()
+            return None, metric_record(record, evaluation=False)
+        log(WARNING, "round %d, attempt %d: %d of %d sampled clients answered, %d needed.",
+            server_round, self._attempt, len(results), len(self._sampled), needed)
+        return None, None
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> list[Message]:
+        """No federated evaluation: the server evaluates the global model itself."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
+                           ) -> MetricRecord | None:
+        """No federated evaluation (see :meth:`configure_evaluate`)."""
+        return None
+
+    # -- nodes and messages --------------------------------------------------------------------
+    def _wait_for_nodes(self, grid: Grid, everyone: bool) -> None:
+        """Learn the nodes' partitions until the round's clients (or enough of them) have one."""
+        sampled = plan.sample_clients(self.server.cfg, self.server.round)
+        needed = len(sampled) if everyone else min(self.min_train_nodes, len(sampled))
+        deadline = time.monotonic() + self.timeout
+        ask_silent = False
+        while True:
+            self._discover(grid, ask_silent)
+            present = set(self.partitions.values()) & set(sampled)
+            if len(present) >= needed or time.monotonic() > deadline:
+                return
+            log(INFO, "waiting for the nodes of clients %s", sorted(set(sampled) - present))
+            ask_silent = True
+            time.sleep(1.0)
+
+    def _discover(self, grid: Grid, ask_silent: bool) -> None:
+        """Ask new nodes for their partition id; forget nodes that left.
+
+        Nodes that did not answer an earlier query are asked again only with ``ask_silent``
+        (when a round lacks clients), so a hung node does not cost every round a timeout.
+        """
+        online = set(grid.get_node_ids())
+        self.partitions = {n: c for n, c in self.partitions.items() if n in online}
+        self._silent &= online
+        unknown = sorted(online - set(self.partitions) - (set() if ask_silent else self._silent))
+        if not unknown:
+            return
+        queries = [Message(RecordDict(), n, MessageType.QUERY, ttl=self.timeout) for n in unknown]
+        replies = self._exchange(grid, queries)
+        n_clients = self.server.cfg.data.num_clients
+        for node in unknown:
+            reply = replies.get(node)
+            if reply is None:
+                log(WARNING, "node %d: no answer to the partition query.", node)
+                self._silent.add(node)
+                continue
+            self._silent.discard(node)
+            if reply.has_error():
+                log(WARNING, "node %d: partition query failed: %s", node, reply.error.reason)
+                continue
+            try:
+                pid, num_partitions = codec.decode_node(reply.content)
+            except codec.CodecError as err:
+                log(WARNING, "node %d: %s", node, err)
+                continue
+            if num_partitions not in (None, n_clients) or not 0 <= pid < n_clients:
+                log(WARNING, "node %d: partition-id=%d num-partitions=%s does not fit "
+                    "data.num_clients=%d; ignored.", node, pid, num_partitions, n_clients)
+            elif pid in self.partitions.values():
+                log(WARNING, "node %d: partition %d is already served by another node; ignored.",
+                    node, pid)
+            else:
+                self.partitions[node] = pid
+        log(INFO, "nodes -> clients: %s", self.partitions)
+
+    def _exchange(self, grid: Grid, messages: list[Message]) -> dict[int, Message]:
+        """Push ``messages``; pull until every node replied or the timeout passed.
+
+        Returns the replies by destination node id, and keeps ``_sent`` (message id -> node id)
+        to tell whose an error reply of the SuperLink is. Polls every ``poll_interval`` seconds
+        (``Grid.send_and_receive`` sleeps 3 s between pulls, which would dominate short rounds).
+        """
+        ids = list(grid.push_messages(messages))
+        self._sent = {mid: m.metadata.dst_node_id
+                      for mid, m in zip(ids, messages, strict=True) if mid}
+        pending, replies = set(self._sent), {}
+        deadline = time.monotonic() + self.timeout
+        while pending and time.monotonic() < deadline:
+            for reply in grid.pull_messages(sorted(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies[self._sent[reply.metadata.reply_to_message_id]] = reply
+            if pending:
+                time.sleep(self.poll_interval)
+        return replies
+
+    def _persist(self) -> None:
+        """Checkpoint and ``metrics.jsonl``, both replaced atomically (as the simulator does)."""
+        self.server.save(self.checkpoint_path)
+        checkpoint.write_text_atomic(self.out / "metrics.jsonl", "".join(
+            json.dumps(h) + "\n" for h in self.server.state.history))
