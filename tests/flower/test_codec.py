@@ -43,7 +43,8 @@ def make_task(**changes: object) -> TrainTask:
     return dataclasses.replace(task, **changes)
 
 
-def assert_tensors_equal(a: dict[str, torch.Tensor] | None, b: dict[str, torch.Tensor] | None) -> None:
+def assert_tensors_equal(a: dict[str, torch.Tensor] | None,
+                         b: dict[str, torch.Tensor] | None) -> None:
     assert (a is None) == (b is None)
     if a is not None and b is not None:
         assert a.keys() == b.keys()
@@ -90,7 +91,8 @@ def test_result_round_trip() -> None:
     # Execute
     back = codec.decode_result(over_the_wire(codec.encode_result(result)))
     # Assert
-    assert (back.client_id, back.num_examples, back.train_loss, back.seconds) == (2, 37, 0.6931471805599453, 1.25)
+    assert (back.client_id, back.num_examples, back.train_loss, back.seconds) == \
+        (2, 37, 0.6931471805599453, 1.25)
     assert type(back.num_examples) is int
     assert_tensors_equal(back.adapter, result.adapter)
     assert_tensors_equal(back.head, result.head)

@@ -1,0 +1,60 @@
+"""The glora ClientApp: a SuperNode trains the task of its own data partition.
+
+The node's ``partition-id`` (``--node-config "partition-id=0 num-partitions=3"``) is its glora
+client id. The data come from :func:`glora.sim.prepare.prepare` on the run's experiment config,
+cached per process (Flower 1.42's deployment runtime starts a process per message, so the cache
+pays off where processes are reused), and training is :func:`glora.client.train.train_client`,
+as in the simulator.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from glora.flower import codec
+from glora.flower.run_config import RunOptions
+
+if TYPE_CHECKING:
+    from glora.sim.prepare import Prepared
+
+app = ClientApp()
+
+
+def _partition(context: Context) -> tuple[int, int | None]:
+    if "partition-id" not in context.node_config:
+        raise ValueError("this SuperNode has no `partition-id`; start it with "
+                         "--node-config \"partition-id=<i> num-partitions=<n>\".")
+    n = context.node_config.get("num-partitions")
+    return int(context.node_config["partition-id"]), None if n is None else int(n)
+
+
+@cache
+def _prepared(options: RunOptions) -> Prepared:
+    """Data and model of the run, built once per process (and not for partition queries)."""
+    from glora.sim.prepare import prepare
+
+    return prepare(options.experiment())
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node serves."""
+    return Message(codec.encode_node(*_partition(context)), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the task on this node's partition; reply with the adapter, head and metrics."""
+    from glora.client.train import train_client
+
+    client, _ = _partition(context)
+    prepared = _prepared(RunOptions.from_run_config(context.run_config))
+    task = codec.decode_task(msg.content, data=prepared.client_train(client))
+    if task.client_id != client:
+        raise ValueError(f"this node serves partition {client} but got the task of client "
+                         f"{task.client_id}.")
+    return Message(codec.encode_result(train_client(prepared.cache, task)), reply_to=msg)
