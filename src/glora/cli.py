@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flower: use this SuperLink instead of starting one (and a SuperNode "
                      "per client) on loopback")
     run.add_argument("--root-certificates", metavar="CA_PEM", help="flower: CA of --superlink")
-    run.add_argument("--insecure", action="store_true", help="flower: reach --superlink without TLS")
+    run.add_argument("--insecure", action="store_true",
+                     help="flower: reach --superlink without TLS")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.rounds=3")
     run.set_defaults(func=_run)
     sub.add_parser("methods", help="list aggregation methods").set_defaults(func=_methods)
