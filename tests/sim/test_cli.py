@@ -1,0 +1,31 @@
+"""The `glora` command as a user runs it."""
+
+from __future__ import annotations
+
+from glora.aggregation import methods
+from glora.cli import main
+
+
+def test_methods_lists_all_nine(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert len(methods()) == 9 and all(m in out for m in methods())
+
+
+def test_run_prints_the_table_and_writes_results(tiny_config, tiny_model_dir, tiny_csv, tmp_path,
+                                                 capsys):
+    cfg = tiny_config("train.rounds=1")  # the same overrides, passed on the command line
+    overrides = [f"model.name={tiny_model_dir}", f"data.dataset={tiny_csv[0]}",
+                 f"data.test_file={tiny_csv[1]}", "data.num_clients=4", "data.partition=iid",
+                 "data.max_length=12", "data.min_client_size=1", "train.rounds=1",
+                 "train.local_steps=2", "train.batch_size=8", "workers=1", "lora.ranks=[2,4]",
+                 f"output_dir={cfg.output_dir}", "methods=[glora,flexlora]"]
+    assert main(["run", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "| method |" in out and "| glora |" in out and "| flexlora |" in out
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_bad_config_exits_2_with_the_key(capsys):
+    assert main(["run", "train.roundz=1"]) == 2
+    assert "unknown key `train.roundz`" in capsys.readouterr().err
