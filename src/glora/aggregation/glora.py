@@ -9,8 +9,9 @@ Per layer and round:
    the update ``U_ref C`` is the projection of the exact average onto the consensus;
 4. readout for rank ``r``: SVD of the small core, best rank-``r`` part of ``U_ref C``.
 
-Clients are streamed: each keeps only ``r x k`` coordinates on its own factor, and chunks of
-client bases are rebuilt when needed, so no ``d x sum r_i`` array is held.
+Clients are streamed: each keeps only ``r x k`` coordinates on its own factor, and panels and
+blocks of client bases are rebuilt when needed, so no ``d x sum r_i`` array is held; only the top
+eigenpairs of the Gram matrix are computed.
 
 Two-sided variant: a right consensus ``V_ref`` from the row spaces of ``A_i`` and an ``R x R``
 core ``sum_i p_i s_i (U_ref^T B_i)(A_i V_ref)``.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -95,8 +97,10 @@ class GLoRAState(ServerState):
         return B, (A if self.V is None else A @ self.V.mT)
 
 
-#: Elements of one chunk of stacked client bases (``d x columns``); two chunks are alive at once.
-CHUNK_ELEMENTS = 2**18
+#: Elements of the panel of client bases held while the Gram matrix is built (``d x columns``);
+#: the clients before the panel are streamed against it in blocks of ``BLOCK_ELEMENTS``.
+CHUNK_ELEMENTS = 2**19
+BLOCK_ELEMENTS = 2**16
 
 
 @dataclass(frozen=True)
@@ -116,14 +120,14 @@ class ClientSpace:
     weight: float
 
 
-def _chunks(spaces: list[ClientSpace]) -> list[list[ClientSpace]]:
-    """Consecutive clients grouped so one chunk's stacked bases hold <= ``CHUNK_ELEMENTS``."""
+def _chunks(spaces: list[ClientSpace], elements: int) -> list[list[ClientSpace]]:
+    """Consecutive clients grouped so one chunk's stacked bases hold <= ``elements``."""
     d = spaces[0].factor.shape[0]
     chunks: list[list[ClientSpace]] = [[]]
     columns = 0
     for space in spaces:
         k = space.coords.shape[1]
-        if chunks[-1] and (columns + k) * d > CHUNK_ELEMENTS:
+        if chunks[-1] and (columns + k) * d > elements:
             chunks.append([])
             columns = 0
         chunks[-1].append(space)
@@ -131,43 +135,89 @@ def _chunks(spaces: list[ClientSpace]) -> list[list[ClientSpace]]:
     return chunks
 
 
-def _stacked(chunk: list[ClientSpace]) -> Tensor:
-    """``[U_i diag(sqrt c_i)]`` of a chunk (``d x sum k_i``), in the factors' dtype.
+class _Rebuilder:
+    """Rebuilds clients' scaled bases ``(U_i diag(sqrt c_i))^T`` (``k x d``) into given rows.
 
-    Rebuilt from the coordinates in float64, so the bases stay orthonormal to the dtype's
-    precision however ill-conditioned the factors are.
+    Done in float64 from the coordinates, so the bases stay orthonormal to the dtype's precision
+    however ill-conditioned the factors are; the float64 scratch (``d x r`` and ``k x d``) is
+    allocated once and reused.
     """
-    return torch.cat([(s.factor.double() @ (s.coords * s.coefs.sqrt())).to(s.factor.dtype)
-                      for s in chunk], dim=1)
+
+    def __init__(self, spaces: list[ClientSpace]):
+        d = spaces[0].factor.shape[0]
+        r = max(s.factor.shape[1] for s in spaces)
+        k = max(s.coords.shape[1] for s in spaces)
+        self.factor = torch.empty(r, d, dtype=torch.float64)
+        self.rows = torch.empty(k, d, dtype=torch.float64)
+
+    def rows_of(self, s: ClientSpace) -> Tensor:
+        """``(U_i diag(sqrt c_i))^T`` in float64 (a view of the scratch, valid until next call)."""
+        r, k = s.coords.shape
+        f = self.factor[:r]
+        f.copy_(s.factor.mT)
+        out = self.rows[:k]
+        torch.matmul((s.coords * s.coefs.sqrt()).mT, f, out=out)
+        return out
+
+    def fill(self, chunk: list[ClientSpace], out: Tensor) -> Tensor:
+        """Stack a chunk's rows into ``out`` (``>= sum k_i`` rows); returns the filled rows."""
+        start = 0
+        for s in chunk:
+            k = s.coords.shape[1]
+            out[start:start + k].copy_(self.rows_of(s))
+            start += k
+        return out[:start]
 
 
-def _gram(chunks: list[list[ClientSpace]]) -> Tensor:
-    """``Z^T Z`` (``m x m``, ``m = sum k_i``) of ``Z = [U_1 diag(sqrt c_1), ...]``, by chunk pairs."""
-    sizes = [sum(s.coords.shape[1] for s in chunk) for chunk in chunks]
-    offsets = [sum(sizes[:a]) for a in range(len(chunks))]
+def _gram(spaces: list[ClientSpace]) -> Tensor:
+    """``Z^T Z`` (``m x m``, ``m = sum k_i``) of ``Z = [U_1 diag(sqrt c_1), ...]``.
+
+    Only the lower block triangle is filled (the rest is left uninitialized). Panels of clients
+    (``CHUNK_ELEMENTS``) are rebuilt once each, and the clients before a panel are streamed
+    against it in blocks of ``BLOCK_ELEMENTS`` (at most ``CHUNK_ELEMENTS``), all into buffers allocated once.
+    """
+    dtype = spaces[0].factor.dtype
+    d = spaces[0].factor.shape[0]
+    panels = _chunks(spaces, CHUNK_ELEMENTS)
+    sizes = [sum(s.coords.shape[1] for s in panel) for panel in panels]
     m = sum(sizes)
-    G = chunks[0][0].factor.new_empty(m, m)
-    for a, chunk in enumerate(chunks):
-        Za = _stacked(chunk)  # d x sizes[a]
-        rows = slice(offsets[a], offsets[a] + sizes[a])
-        G[rows, rows] = Za.mT @ Za
-        for b in range(a):
-            cols = slice(offsets[b], offsets[b] + sizes[b])
-            G[rows, cols] = Za.mT @ _stacked(chunks[b])
-            G[cols, rows] = G[rows, cols].mT
+    G = torch.empty(m, m, dtype=dtype)
+    rebuild = _Rebuilder(spaces)
+    panel_buf = torch.empty(max(sizes), d, dtype=dtype)
+    block_elements = min(BLOCK_ELEMENTS, CHUNK_ELEMENTS)
+    blocks_before: list[list[ClientSpace]] = []
+    block_buf = None
+    offset = 0
+    for panel, size in zip(panels, sizes):
+        P = rebuild.fill(panel, panel_buf)  # size x d
+        rows = slice(offset, offset + size)
+        G[rows, rows].addmm_(P, P.mT, beta=0)
+        start = 0
+        for block in blocks_before:
+            if block_buf is None:
+                block_buf = torch.empty(max(sum(s.coords.shape[1] for s in b)
+                                            for b in _chunks(spaces, block_elements)), d,
+                                        dtype=dtype)
+            Q = rebuild.fill(block, block_buf)
+            G[rows, start:start + Q.shape[0]].addmm_(P, Q.mT, beta=0)
+            start += Q.shape[0]
+        blocks_before.extend(_chunks(panel, block_elements))
+        offset += size
     return G
 
 
-def _combine(chunks: list[list[ClientSpace]], coefficients: Tensor) -> Tensor:
-    """``Z @ coefficients`` (``d x q``) for ``coefficients`` of shape ``m x q``, by chunks."""
-    out = None
+def _combine(spaces: list[ClientSpace], coefficients: Tensor) -> Tensor:
+    """``Z @ coefficients`` (``d x q``) for ``coefficients`` of shape ``m x q``, one client at a time
+    (accumulated in float64)."""
+    rebuild = _Rebuilder(spaces)
+    out = torch.zeros(spaces[0].factor.shape[0], coefficients.shape[1], dtype=torch.float64)
+    coefficients = coefficients.double()
     start = 0
-    for chunk in chunks:
-        Z = _stacked(chunk)  # d x m_chunk
-        part = Z @ coefficients[start:start + Z.shape[1]].to(Z.dtype)
-        out = part if out is None else out.add_(part)
-        start += Z.shape[1]
-    return out
+    for s in spaces:
+        k = s.coords.shape[1]
+        out.addmm_(rebuild.rows_of(s).mT, coefficients[start:start + k])
+        start += k
+    return out.to(spaces[0].factor.dtype)
 
 
 def _project(spaces: list[ClientSpace], W: Tensor) -> Tensor:
@@ -197,38 +247,63 @@ def _tie_order(spaces: list[ClientSpace], W: Tensor, rtol: float) -> Tensor:
     return P.to(W.dtype)
 
 
+#: Eigenpairs of the Gram matrix computed beyond the server rank (to see a tie across it).
+EXTRA_EIGENPAIRS = 8
+
+
+def _top_eigh(G: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-``k`` eigenpairs of the symmetric ``G`` (lower triangle read; destroyed), descending.
+
+    LAPACK's ``?syevr`` on the requested index range: ``O(m k)`` workspace besides ``G`` itself,
+    instead of the ``O(m^2)`` of a full ``eigh``.
+    """
+    m = G.shape[0]
+    # G is row-major; its transpose is a column-major view whose upper triangle is G's lower.
+    lam, vec = scipy.linalg.eigh(G.numpy().T, lower=False, subset_by_index=[m - k, m - 1],
+                                 driver="evr", overwrite_a=True, check_finite=False)
+    return torch.from_numpy(lam[::-1].copy()), torch.from_numpy(vec[:, ::-1].copy())
+
+
 def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,
                        ) -> tuple[Tensor, dict]:
     """Top-``rank`` eigenvectors of ``K = sum_i U_i diag(c_i) U_i^T`` via the Gram matrix.
 
-    With ``Z = [U_1 diag(sqrt c_1), ...]`` (never stacked whole: chunks of clients are rebuilt
-    from their coordinates), eigenpairs ``(lam, v)`` of ``Z^T Z`` give ``K``'s eigenvectors
-    ``Z v / sqrt(lam)``. Where eigenvalues closer than ``tie_rtol * lam_1`` straddle ``rank``, the
-    tied block is ordered by the exact average (:func:`_tie_order`), not by arithmetic noise.
+    With ``Z = [U_1 diag(sqrt c_1), ...]`` (never stacked whole: clients are rebuilt from their
+    coordinates in panels and blocks), eigenpairs ``(lam, v)`` of ``Z^T Z`` give ``K``'s
+    eigenvectors ``Z v / sqrt(lam)``. Only the top ``rank + EXTRA_EIGENPAIRS`` eigenpairs are
+    computed; where eigenvalues closer than ``tie_rtol * lam_1`` straddle ``rank``, the tied block
+    is ordered by the exact average (:func:`_tie_order`), not by arithmetic noise, and if the
+    block runs past the computed eigenpairs more are computed (the Gram matrix is rebuilt).
 
     Returns ``U_ref`` (``d x R'``, ``R' <= rank``, capped at the numerical rank) and an info dict.
     """
     dtype = spaces[0].factor.dtype
-    chunks = _chunks(spaces)
-    lam, vec = torch.linalg.eigh(_gram(chunks))  # ascending; m, m x m
-    lam = lam.double().flip(0).clamp_min(0)  # descending; vec's columns are flipped when used
-    numerical_rank = int((lam > linalg.rtol_for(dtype) * lam[0]).sum())
-    R = min(rank, numerical_rank)
-    tol = tie_rtol * float(lam[0])
+    m = sum(s.coords.shape[1] for s in spaces)
+    k = min(m, rank + EXTRA_EIGENPAIRS)
+    while True:
+        lam, vec = _top_eigh(_gram(spaces), k)  # descending; k, m x k
+        lam = lam.double().clamp_min(0)
+        threshold = linalg.rtol_for(dtype) * lam[0]
+        # rank of K: exact when it is below k, else only known to be >= k (> rank)
+        numerical_rank = int((lam > threshold).sum())
+        R = min(rank, numerical_rank)
+        tol = tie_rtol * float(lam[0])
+        lo, hi = R, R  # tied block [lo, hi) that straddles R
+        if R < numerical_rank and float(lam[R - 1]) - float(lam[R]) <= tol:
+            while lo > 0 and float(lam[lo - 1]) - float(lam[lo]) <= tol:
+                lo -= 1
+            while hi < numerical_rank and float(lam[hi - 1]) - float(lam[hi]) <= tol:
+                hi += 1
+        if hi < k or k == m or numerical_rank < k:
+            break
+        k = min(m, 2 * k)  # the tied block may continue past the computed eigenpairs
     nxt = float(lam[R]) if R < lam.numel() else 0.0
     gap = (float(lam[R - 1]) - nxt) / float(lam[0])
     info: dict = {"requested_rank": rank, "rank": R, "eigenvalues": lam[: R + 1].tolist(),
                   "eigengap": gap, "tie_broken": False, "rank_capped": R < rank}
-
-    lo, hi = R, R  # tied block [lo, hi) that straddles R
-    if R < numerical_rank and float(lam[R - 1]) - float(lam[R]) <= tol:
-        while lo > 0 and float(lam[lo - 1]) - float(lam[lo]) <= tol:
-            lo -= 1
-        while hi < numerical_rank and float(lam[hi - 1]) - float(lam[hi]) <= tol:
-            hi += 1
-    top = vec[:, vec.shape[1] - hi:].flip(1)  # m x hi, eigenvectors of lam[:hi]
+    top = vec[:, :hi]  # m x hi, eigenvectors of lam[:hi]
     del vec
-    directions = _combine(chunks, top / lam[:hi].sqrt().to(top.dtype))  # d x hi
+    directions = _combine(spaces, top / lam[:hi].sqrt().to(top.dtype))  # d x hi
     if hi > R:
         order = _tie_order(spaces, directions[:, lo:hi], linalg.rtol_for(dtype))
         directions = torch.cat([directions[:, :lo], directions[:, lo:hi] @ order[:, : R - lo]], 1)
