@@ -30,6 +30,7 @@ class DataConfig:
     min_client_size: int = 16
     max_length: int = 48  # tokens per example (a Rotten Tomatoes sentence averages ~28)
     max_test_examples: int | None = 500  # cap on the held-out set used for evaluation
+    options: dict[str, Any] = field(default_factory=dict)  # loader options (natural_instructions)
 
 
 @dataclass

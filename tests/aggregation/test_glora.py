@@ -212,3 +212,19 @@ def test_clients_are_streamed_without_stacking_their_bases(two_sided, shape_reco
     monkeypatch.undo()  # one chunk: the same result
     unchunked = glora.aggregate("glora", ups, rank=4, two_sided=two_sided)
     assert rel(state.delta(), unchunked.delta()) < 1e-12
+
+
+def test_tied_block_past_the_computed_eigenpairs_is_widened(monkeypatch):
+    """Only the top ``rank + EXTRA_EIGENPAIRS`` eigenpairs are computed; a tie running past them
+    makes GLoRA compute more, with the same result as computing them all."""
+    d = 32
+    eye = torch.eye(d, dtype=torch.float64)
+    ups = [glora.ClientUpdate(eye[:, 2 * i:2 * i + 2] * (1 + i), torch.randn(
+        2, D_IN, dtype=torch.float64, generator=torch.Generator().manual_seed(i)), 10, 2.0)
+        for i in range(6)]  # equal weights, orthogonal spaces: 12 tied eigenvalues of K
+    monkeypatch.setattr(glora.aggregation.glora, "EXTRA_EIGENPAIRS", 1)
+    few = glora.aggregate("glora", ups, rank=3)
+    assert few.info["tie_broken"] and few.info["tied"] == (0, 12)
+    monkeypatch.setattr(glora.aggregation.glora, "EXTRA_EIGENPAIRS", 100)
+    every = glora.aggregate("glora", ups, rank=3)
+    assert rel(few.delta(), every.delta()) < 1e-12

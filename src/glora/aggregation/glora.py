@@ -99,7 +99,7 @@ class GLoRAState(ServerState):
 
 #: Elements of the panel of client bases held while the Gram matrix is built (``d x columns``);
 #: the clients before the panel are streamed against it in blocks of ``BLOCK_ELEMENTS``.
-CHUNK_ELEMENTS = 2**19
+CHUNK_ELEMENTS = 3 * 2**17
 BLOCK_ELEMENTS = 2**16
 
 

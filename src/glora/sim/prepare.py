@@ -62,6 +62,10 @@ class Prepared:
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
     """Load, split, partition and tokenize; errors name the dataset and the client."""
+    from glora.lm.prepare import is_lm_dataset, prepare_lm
+
+    if is_lm_dataset(cfg.data.dataset):  # instruction tuning of a causal LM (glora.lm)
+        return prepare_lm(cfg)  # type: ignore[return-value]
     from glora.client.tokenize import tokenize
     from glora.data import load_dataset, partition
     from glora.models import load_tokenizer

@@ -20,6 +20,11 @@ def _init(model_spec: dict[str, Any]) -> None:
     global _CACHE
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    if model_spec.get("kind") == "causal_lm":  # instruction tuning (glora.lm)
+        from glora.lm.models import CausalLMCache
+
+        _CACHE = CausalLMCache(**{k: v for k, v in model_spec.items() if k != "kind"})
+        return
     from glora.models import ModelCache
 
     _CACHE = ModelCache(**model_spec)
@@ -28,6 +33,8 @@ def _init(model_spec: dict[str, Any]) -> None:
 def _run(task: Any) -> Any:
     from glora.client.train import train_client
 
+    if hasattr(_CACHE, "train_client"):  # a cache with its own training (glora.lm)
+        return _CACHE.train_client(task)
     return train_client(_CACHE, task)
 
 
