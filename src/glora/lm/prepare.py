@@ -111,6 +111,12 @@ class LMPrepared:
             out[prefix + name] = float(res["rougeL"])
         return out
 
+    def reply_schema(self) -> Any:  # -> glora.validation.ReplySchema
+        """The layer shapes of the model (no head), which every valid client reply has."""
+        from glora.validation import ReplySchema
+
+        return ReplySchema(dict(self.cache.layers), {})
+
     def export(self, model: Any, path: Path) -> None:
         from glora.lm.export import export_lm_adapter
 
