@@ -55,3 +55,15 @@ def test_federated_run_end_to_end(tiny_lm_dir, tiny_tasks_dir, tmp_path):
         assert r["rounds"] == 2 and 0 <= r["global_rougeL"] <= 1
         assert 0 <= r["global_rougeL_unseen"] <= 1
     assert (tmp_path / "run" / "glora" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_shipped_superni_config_is_valid():
+    from pathlib import Path
+
+    from glora.lm.prepare import LM_OPTIONS, is_lm_dataset
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "superni_scaled.yaml")
+    assert is_lm_dataset(cfg.data.dataset) and cfg.data.partition == "task"
+    assert set(cfg.data.options) <= set(LM_OPTIONS)
+    assert {"glora", "fedit", "flora", "flexlora"} <= set(cfg.methods)
+    assert len(set(cfg.lora.ranks)) > 1
