@@ -1,4 +1,5 @@
-"""The tiny setting of the Flower tests: three clients of ranks 2, 4, 8 on a small CSV task."""
+"""The tiny setting of the Flower tests: three clients of ranks 2, 4, 8 on a small CSV task;
+a round needs two valid replies and is retried once."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from glora.sim import checkpoint
 from tests.sim.conftest import write_csv
 
 EXPERIMENT = ["data.num_clients=3", "data.partition=iid", "data.max_length=12",
               "data.min_client_size=1", "train.rounds=2", "train.local_steps=3",
               "train.batch_size=8", "train.lr=0.01", "lora.ranks=[2,4,8]", "lora.alpha=4",
-              "methods=[glora]", "seed=3", "workers=1"]
+              "methods=[glora]", "seed=3", "workers=1", "server.min_clients=2", "server.retries=1"]
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +29,9 @@ def overrides(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> 
 def history(out: Path, method: str = "glora") -> list[dict]:
     """The records of ``out/<method>/metrics.jsonl``."""
     return [json.loads(line) for line in (out / method / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint_history(out: Path, method: str = "glora") -> list[dict]:
+    """The history in ``out/<method>/checkpoint.pt``, as ``metrics.jsonl`` spells it (JSON)."""
+    state = checkpoint.load(out / method / "checkpoint.pt")
+    return [json.loads(json.dumps(record)) for record in state.history]

@@ -27,7 +27,7 @@ from glora.server import FederatedServer
 from glora.sim import checkpoint
 from glora.sim.experiment import run_experiment
 from glora.sim.prepare import prepare
-from tests.flower.conftest import history
+from tests.flower.conftest import checkpoint_history, history
 
 #: ``behave(node partition, round or None for queries, message) -> reply or None (no answer)``.
 Behaviour = Callable[[int, int | None, Message], Message | None]
@@ -90,13 +90,15 @@ class LoopbackGrid(Grid):
 
 def run_config(overrides: list[str], out: Path, **options: Any) -> dict[str, Any]:
     return {"config": "", "overrides": shlex.join([*overrides, f"output_dir={out}"]),
-            "resume": False, "min-train-nodes": 2, "round-timeout": 0.3, "max-retries": 1,
-            **options}
+            "resume": False, "round-timeout": 0.3, **options}
 
 
-def strategy(overrides: list[str], out: Path, **kwargs: Any) -> GloraStrategy:
+def strategy(overrides: list[str], out: Path) -> GloraStrategy:
     cfg = load_config(None, [*overrides, f"output_dir={out}"])
-    return GloraStrategy(FederatedServer(cfg, "glora", prepare(cfg)), out / "glora", **kwargs)
+    prepared = prepare(cfg)
+    server = FederatedServer(cfg, "glora", prepared, prepared.reply_schema(),
+                             [len(p) for p in prepared.parts])
+    return GloraStrategy(server, out / "glora")
 
 
 def strip_timing(records: list[dict]) -> list[dict]:
@@ -139,14 +141,16 @@ def test_failed_client_is_left_out_and_reported(overrides: list[str], tmp_path: 
     s = strategy(overrides, tmp_path)
     # Execute
     s.start(grid, timeout=0.3)
-    # Assert
-    assert [(r["clients"], r["missing_clients"]) for r in history(tmp_path)] == \
-        [([0, 1], [2]), ([0, 1, 2], [])]
-    assert checkpoint.load(s.checkpoint_path).history == history(tmp_path)
+    # Assert: left out and reported as missing (no valid reply) or rejected (by the server)
+    records = history(tmp_path)
+    assert [r["clients"] for r in records] == [[0, 1], [0, 1, 2]]
+    assert (records[0]["missing_clients"], list(records[0]["rejected"])) == \
+        (([], ["2"]) if failure == "nan" else ([2], []))
+    assert checkpoint_history(tmp_path) == records
 
 
 def test_round_with_too_few_answers_is_sent_again(overrides: list[str], tmp_path: Path) -> None:
-    # Prepare: only client 0 answers the first attempt of round 2 (2 answers needed)
+    # Prepare: only client 0 answers the first attempt of round 2 (2 valid replies needed)
     sent: list[tuple[int | None, int]] = []
 
     def behave(client: int, t: int | None, m: Message) -> Message | None:
@@ -158,7 +162,7 @@ def test_round_with_too_few_answers_is_sent_again(overrides: list[str], tmp_path
     clean = strategy(overrides, tmp_path / "clean")
     clean.start(LoopbackGrid(run_config(overrides, tmp_path / "clean")), timeout=0.3)
     # Execute
-    s = strategy(overrides, tmp_path, min_train_nodes=2, max_retries=1)
+    s = strategy(overrides, tmp_path)
     s.start(grid, timeout=0.3)
     # Assert: the retry trained the same tasks, so the run equals an undisturbed one
     assert [(r["clients"], r["attempt"]) for r in history(tmp_path)] == [([0, 1, 2], 1),
@@ -173,10 +177,10 @@ def test_state_stays_at_last_complete_round(overrides: list[str], tmp_path: Path
         return None if t == 2 else grid.answer(m)
 
     grid = LoopbackGrid(run_config(overrides, tmp_path), behave=behave)
-    s = strategy(overrides, tmp_path, max_retries=1)
+    s = strategy(overrides, tmp_path)
     # Execute
-    with pytest.raises(AggregationError, match="round 2: fewer than 2 clients answered in 2 "
-                                               "attempts; the state stays at round 1"):
+    with pytest.raises(AggregationError, match=r"round 2: too few valid replies in 2 attempt\(s\) "
+                                               r"\(`server.retries` = 1\); .* holds round 1"):
         s.start(grid, timeout=0.3)
     # Assert
     assert s.server.round == 1 and len(history(tmp_path)) == 1
@@ -195,11 +199,11 @@ def test_nodes_with_unusable_partitions_are_ignored(overrides: list[str], tmp_pa
 
 def test_run_options_are_checked_together() -> None:
     with pytest.raises(ConfigError) as err:
-        RunOptions.from_run_config({"config": "", "overrides": 3, "resume": False,
-                                    "min-train-nodes": 0, "round-timeout": 1})
+        RunOptions.from_run_config({"config": "", "overrides": 3, "resume": "no"})
     assert err.value.problems == ["run config `overrides` must be a str, got 3.",
-                                  "run config lacks `max-retries`; is [tool.flwr.app.config] "
+                                  "run config `resume` must be a bool, got 'no'.",
+                                  "run config lacks `round-timeout`; is [tool.flwr.app.config] "
                                   "complete?"]
-    with pytest.raises(ConfigError, match="`min-train-nodes` must be at least 1, got 0."):
+    with pytest.raises(ConfigError, match="`round-timeout` must be positive, got 0.0."):
         RunOptions.from_run_config({"config": "", "overrides": "", "resume": False,
-                                    "min-train-nodes": 0, "round-timeout": 1, "max-retries": 0})
+                                    "round-timeout": 0})

@@ -57,4 +57,7 @@ def train(msg: Message, context: Context) -> Message:
     if task.client_id != client:
         raise ValueError(f"this node serves partition {client} but got the task of client "
                          f"{task.client_id}.")
-    return Message(codec.encode_result(train_client(prepared.cache, task)), reply_to=msg)
+    cache = prepared.cache  # causal LMs (glora.lm) bring their own loop, as in glora.sim.workers
+    result = cache.train_client(task) if hasattr(cache, "train_client") else \
+        train_client(cache, task)
+    return Message(codec.encode_result(result), reply_to=msg)

@@ -1,4 +1,4 @@
-"""The glora app's Flower run config: which experiment to run, and how tolerant rounds are.
+"""The glora app's Flower run config: which experiment to run, and how long to wait for nodes.
 
 Defaults live in ``pyproject.toml`` under ``[tool.flwr.app.config]``; ``flwr run --run-config``
 overrides them. Both apps read the same run config, so every node resolves the same experiment.
@@ -8,9 +8,10 @@ Keys:
         (relative paths against the working directory of the SuperLink or SuperNode).
     overrides: ``key=value`` overrides, space-separated (``"train.rounds=3 methods=[glora]"``).
     resume: continue from the checkpoints under ``output_dir``.
-    min-train-nodes: a round goes on when at least this many sampled clients answered.
     round-timeout: seconds to wait for the replies of a round (and of the partition query).
-    max-retries: how often a round is retried when fewer than ``min-train-nodes`` answered.
+
+How many valid replies a round needs, and how often it is retried, are the experiment's
+``server.min_clients`` and ``server.retries``, as in the simulator.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ class RunOptions:
     config: str
     overrides: str
     resume: bool
-    min_train_nodes: int
     round_timeout: float
-    max_retries: int
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunOptions:
@@ -49,18 +48,12 @@ class RunOptions:
                 problems.append(f"run config lacks `{key}`; is [tool.flwr.app.config] complete?")
                 continue
             value = run_config[key]
-            wanted = {"str": str, "bool": bool, "int": int, "float": (int, float)}[str(f.type)]
+            wanted = {"str": str, "bool": bool, "float": (int, float)}[str(f.type)]
             if not isinstance(value, wanted) or (f.type != "bool" and isinstance(value, bool)):
                 problems.append(f"run config `{key}` must be a {f.type}, got {value!r}.")
             values[f.name] = float(value) if f.type == "float" else value
-        if not problems:
-            if values["min_train_nodes"] < 1:
-                problems.append("`min-train-nodes` must be at least 1, got "
-                                f"{values['min_train_nodes']}.")
-            if values["round_timeout"] <= 0:
-                problems.append(f"`round-timeout` must be positive, got {values['round_timeout']}.")
-            if values["max_retries"] < 0:
-                problems.append(f"`max-retries` must be at least 0, got {values['max_retries']}.")
+        if not problems and values["round_timeout"] <= 0:
+            problems.append(f"`round-timeout` must be positive, got {values['round_timeout']}.")
         if problems:
             raise ConfigError(problems)
         return cls(**values)

@@ -36,8 +36,9 @@ def main(grid: Grid, context: Context) -> None:
     rows = []
     for method in cfg.methods:
         started = time.perf_counter()
-        strategy = GloraStrategy(FederatedServer(cfg, method, prepared), out / method,
-                                 options.min_train_nodes, options.max_retries)
+        server = FederatedServer(cfg, method, prepared, prepared.reply_schema(),
+                                 [len(p) for p in prepared.parts])
+        strategy = GloraStrategy(server, out / method)
         if options.resume and strategy.checkpoint_path.exists():
             strategy.server.load(strategy.checkpoint_path)
         strategy.start(grid, timeout=options.round_timeout)

@@ -7,10 +7,11 @@ hyper-parameters), aggregates the replies with :meth:`FederatedServer.aggregate`
 simulator calls) and checkpoints after every round.
 
 Failures: a node that errs or does not answer within the timeout is left out of its round and
-reported (``missing_clients`` in the round's record, and a warning). The round goes on when at
-least ``min_train_nodes`` sampled clients answered; otherwise it is sent again, with the same
-tasks (every seed is a function of seed, round and client), up to ``max_retries`` times. The
-server state only changes when a round aggregated completely.
+reported (``missing_clients`` in the round's record, and a warning); the server screens the
+replies that came (``rejected`` in the record). With fewer than ``server.min_clients`` valid
+replies the round is sent again, with the same tasks (every seed is a function of seed, round and
+client), up to ``server.retries`` times, as in the simulator. The server state only changes when
+a round aggregated completely.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from glora.errors import AggregationError, InvalidUpdateError
+from glora.errors import AggregationError
 from glora.flower import codec
 from glora.server import FederatedServer
 from glora.sim import checkpoint, plan
@@ -51,26 +52,17 @@ class GloraStrategy(Strategy):
     """Rounds of a :class:`FederatedServer` over a Flower :class:`Grid`.
 
     Args:
-        server: the server whose state the rounds advance (load a checkpoint into it to resume).
+        server: the server whose state the rounds advance (load a checkpoint into it to resume);
+            its config's ``server.min_clients`` and ``server.retries`` rule failed rounds.
         out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` are written after every round.
-        min_train_nodes: a round goes on when at least this many sampled clients answered
-            (capped at the number sampled).
-        max_retries: how often a round with too few answers is sent again before the run stops.
         poll_interval: seconds between pulls of replies.
 
     >>> strategy = GloraStrategy(FederatedServer(cfg, "glora", prepare(cfg)), Path("runs/x/glora"))
     >>> strategy.start(grid, timeout=600)  # in a ServerApp's main
     """
 
-    def __init__(self, server: FederatedServer, out_dir: Path, min_train_nodes: int = 2,
-                 max_retries: int = 3, poll_interval: float = 0.2) -> None:
-        if min_train_nodes < 1:
-            raise ValueError(f"`min_train_nodes` must be at least 1, got {min_train_nodes}.")
-        if max_retries < 0:
-            raise ValueError(f"`max_retries` must be at least 0, got {max_retries}.")
-        self.server, self.out = server, Path(out_dir)
-        self.min_train_nodes, self.max_retries = min_train_nodes, max_retries
-        self.poll_interval = poll_interval
+    def __init__(self, server: FederatedServer, out_dir: Path, poll_interval: float = 0.2) -> None:
+        self.server, self.out, self.poll_interval = server, Path(out_dir), poll_interval
         self.timeout = 600.0  # seconds per exchange; set by start()
         self.partitions: dict[int, int] = {}  # node id -> client id
         self._silent: set[int] = set()  # nodes that did not answer their partition query
@@ -86,8 +78,8 @@ class GloraStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "\t├──> glora: %s, %d clients, ranks %s", self.server.label,
             self.server.cfg.data.num_clients, self.server.ranks)
-        log(INFO, "\t└──> Minimum answers per round: %d, retries: %d, timeout: %g s",
-            self.min_train_nodes, self.max_retries, self.timeout)
+        log(INFO, "\t└──> Minimum valid replies per round: %d, retries: %d, timeout: %g s",
+            self.server.cfg.server.min_clients, self.server.cfg.server.retries, self.timeout)
 
     # -- the round loop ------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
@@ -103,8 +95,8 @@ class GloraStrategy(Strategy):
         (``global_*`` metrics), so ``evaluate_config`` and ``evaluate_fn`` must stay ``None``.
 
         Raises:
-            AggregationError: a round had too few answers after every retry; the state and the
-                checkpoint stay at the previous round.
+            AggregationError: a round had too few valid replies after every retry; the state and
+                the checkpoint stay at the previous round.
         """
         if evaluate_config is not None or evaluate_fn is not None:
             raise ValueError("`evaluate_config` and `evaluate_fn` are not used: the "
@@ -114,12 +106,13 @@ class GloraStrategy(Strategy):
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         result = Result()
+        attempts = self.server.cfg.server.retries + 1
         first = True
         while self.server.round < rounds:
             t = self.server.round + 1
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", t, rounds)
-            for attempt in range(1, self.max_retries + 2):
+            for attempt in range(1, attempts + 1):
                 self._attempt = attempt
                 self._wait_for_nodes(grid, everyone=first)
                 messages = self.configure_train(t, ArrayRecord(), train_config or ConfigRecord(),
@@ -130,9 +123,9 @@ class GloraStrategy(Strategy):
                     break
             else:
                 raise AggregationError(
-                    f"round {t}: fewer than {self.min_train_nodes} clients answered in "
-                    f"{self.max_retries + 1} attempts; the state stays at round {t - 1} "
-                    f"({self.checkpoint_path}). Start the missing SuperNodes and resume.")
+                    f"round {t}: too few valid replies in {attempts} attempt(s) (`server.retries` "
+                    f"= {attempts - 1}); {self.checkpoint_path} holds round {t - 1}. Start the "
+                    "missing SuperNodes and resume.")
             first = False
             record = self.server.state.history[-1]
             result.train_metrics_clientapp[t] = metrics
@@ -159,7 +152,7 @@ class GloraStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the answers if enough came; ``(None, None)`` asks for a retry.
+        """Aggregate the replies; ``(None, None)`` when too few were valid (send the round again).
 
         The global model stays in ``server.state`` (and the checkpoint), so no arrays are
         returned; the metrics are the round record's numeric entries.
@@ -183,27 +176,19 @@ class GloraStrategy(Strategy):
                     server_round, client, result.client_id)
                 continue
             results[client] = result
-        needed = min(self.min_train_nodes, len(self._sampled))
-        while len(results) >= needed:
-            missing = sorted(set(self._sampled) - set(results))
-            try:
-                extra = {"train_seconds": seconds, "missing_clients": missing,
-                         "attempt": self._attempt}
-                record = self.server.aggregate([results[c] for c in sorted(results)], extra)
-            except InvalidUpdateError as err:
-                if err.client not in results:
-                    raise
-                log(WARNING, "round %d: leaving out client %d: %s", server_round, err.client, err)
-                del results[err.client]
-                continue
-            if missing:
-                log(WARNING, "round %d: aggregated without clients %s (no valid answer)",
-                    server_round, missing)
-            self._persist()
-            return None, metric_record(record, evaluation=False)
-        log(WARNING, "round %d, attempt %d: %d of %d sampled clients answered, %d needed.",
-            server_round, self._attempt, len(results), len(self._sampled), needed)
-        return None, None
+        missing = sorted(set(self._sampled) - set(results))
+        extra = {"train_seconds": seconds, "missing_clients": missing, "attempt": self._attempt}
+        try:
+            record = self.server.aggregate([results[c] for c in sorted(results)], extra)
+        except AggregationError as err:
+            log(WARNING, "round %d, attempt %d: %s", server_round, self._attempt, err)
+            return None, None
+        left_out = sorted(set(self._sampled) - set(record["clients"]))
+        if left_out:
+            log(WARNING, "round %d: aggregated without clients %s (missing: %s, rejected: %s)",
+                server_round, left_out, missing, sorted(record.get("rejected", {})))
+        self._persist()
+        return None, metric_record(record, evaluation=False)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> list[Message]:
@@ -219,7 +204,7 @@ class GloraStrategy(Strategy):
     def _wait_for_nodes(self, grid: Grid, everyone: bool) -> None:
         """Learn the nodes' partitions until the round's clients (or enough of them) have one."""
         sampled = plan.sample_clients(self.server.cfg, self.server.round)
-        needed = len(sampled) if everyone else min(self.min_train_nodes, len(sampled))
+        needed = len(sampled) if everyone else min(self.server.cfg.server.min_clients, len(sampled))
         deadline = time.monotonic() + self.timeout
         ask_silent = False
         while True:
