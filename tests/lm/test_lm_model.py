@@ -134,3 +134,15 @@ def test_evaluate_generation_averages_tasks(cache, tok):
                               ["a", "b"], max_new_tokens=3)
     assert set(res["per_task"]) == {"a", "b"} and len(res["predictions"]) == 2
     assert res["rougeL"] == pytest.approx(sum(res["per_task"].values()) / 2)
+
+
+def test_answer_loss_equals_the_full_forward_loss(cache, tok):
+    from glora.lm.tokenize import lm_batch
+    from glora.lm.train import answer_loss
+
+    task = task_for(tok)
+    batch = lm_batch(task.data, slice(0, 4))
+    for model in (cache.global_model({}, {}), cache.adapter(4).model):
+        with torch.no_grad():
+            full = model(**batch, use_cache=False).loss
+            assert torch.allclose(answer_loss(model, batch), full, atol=1e-6)

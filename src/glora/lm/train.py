@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from glora.client.train import TrainResult, TrainTask, batch_order, start_adapter
 from glora.lm.tokenize import IGNORE_INDEX, lm_batch
@@ -26,6 +28,30 @@ def lm_data_problems(task: TrainTask) -> list[str]:
         return [f"{int(empty.sum())} example(s) have no answer token to train on (all labels "
                 f"-100), e.g. row {int(empty.nonzero()[0])}; raise `data.max_length`."]
     return []
+
+
+#: Architectures whose logits are exactly ``lm_head(final hidden state)`` (no soft-capping or
+#: logit scale), where :func:`answer_loss` projects only the answer positions.
+PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2")
+
+
+def answer_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels not ``-100``).
+
+    Equal to Hugging Face's ``model(**batch).loss``, but for the architectures of
+    :data:`PLAIN_HEAD_TYPES` the output layer runs on the answer positions only, not on every
+    position of the batch: with a 49k-token vocabulary that saves the ``batch x length x vocab``
+    logits (and their gradient), most of the step's memory.
+    """
+    net = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(net.config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return model(**batch, use_cache=False).loss
+    hidden = net.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    logits = net.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, labels[keep])
 
 
 def train_lm_client(cache, task: TrainTask) -> TrainResult:
@@ -62,7 +88,7 @@ def train_lm_client(cache, task: TrainTask) -> TrainResult:
         model.train()
         try:
             for idx in order:
-                loss = model(**lm_batch(task.data, idx), use_cache=False).loss
+                loss = answer_loss(model, lm_batch(task.data, idx))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
