@@ -155,7 +155,7 @@ def rank_option_problems(rank: object) -> list[str]:
 
 def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
                      method: str = "") -> list[ClientUpdate]:
-    """Check a round's updates; return them in one common floating dtype.
+    """Check a round's updates; return them in one common floating dtype (at least float32).
 
     Raises:
         InvalidUpdateError: naming the client index and the problem.
@@ -201,6 +201,22 @@ def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
                 "needs equal ranks; use a method that takes mixed ranks (glora, flexlora, flora, "
                 "hetlora) or give every client the same rank.", i)
     assert dtype is not None
+    # Half precision has no CPU linear algebra (eigh, QR): aggregate it in float32.
+    dtype = torch.promote_types(dtype, torch.float32)
+    # The methods square scalings (as Python floats and in the dtype), and `s B A` must be
+    # representable: bound its entries by `s r max|B| max|A|`.
+    big = torch.finfo(dtype).max
+    for i, u in enumerate(updates):
+        if u.scaling > math.sqrt(big):
+            raise InvalidUpdateError(
+                f"`scaling` {u.scaling!r} overflows {dtype} when squared; at most "
+                f"{math.sqrt(big):.3g}.", i)
+        bound = u.scaling * u.rank * float(torch.linalg.vector_norm(u.B, math.inf)) \
+            * float(torch.linalg.vector_norm(u.A, math.inf))
+        if bound > big:
+            raise InvalidUpdateError(
+                f"the update `s B A` can overflow {dtype} (entries up to {bound:.3g}); send "
+                "smaller factors.", i)
     return [u if u.B.dtype == u.A.dtype == dtype else
             ClientUpdate(u.B.to(dtype), u.A.to(dtype), u.num_examples, float(u.scaling))
             for u in updates]

@@ -6,7 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from glora.errors import ConfigError
+import torch
+
+from glora.errors import ConfigError, InvalidUpdateError
 
 from .base import ClientUpdate, MethodConfig, ServerState, validate_updates, weights
 
@@ -85,4 +87,9 @@ def aggregate(name: str, updates: list[ClientUpdate], **options: Any) -> ServerS
     config = spec.make_config(**options)
     updates = validate_updates(list(updates) if isinstance(updates, tuple) else updates,
                                mixed_ranks=spec.mixed_ranks, method=name)
-    return spec.aggregate(updates, weights(updates), config)
+    state = spec.aggregate(updates, weights(updates), config)
+    if not all(bool(torch.isfinite(t).all()) for t in state.tensors().values()):
+        raise InvalidUpdateError(
+            f"`{name}`'s aggregate is not finite: the updates overflow {updates[0].B.dtype}; "
+            "send smaller updates (or clip them: `server.clip_norm`).")
+    return state
