@@ -7,6 +7,7 @@ one :class:`~glora.errors.ConfigError` before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ class DataConfig:
     alpha: float = 0.5  # Dirichlet concentration: smaller is more skewed
     num_clients: int = 8
     min_client_size: int = 16
-    max_length: int = 48  # tokens per example (a Rotten Tomatoes sentence averages ~28)
+    max_length: int = 40  # tokens per example (a Rotten Tomatoes sentence averages ~28)
     max_test_examples: int | None = 500  # cap on the held-out set used for evaluation
     options: dict[str, Any] = field(default_factory=dict)  # loader options (natural_instructions)
 
@@ -61,9 +62,9 @@ class TrainConfig:
     """Rounds and local training."""
 
     rounds: int = 8
-    local_steps: int = 6
+    local_steps: int = 5
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 5e-3
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 0.0
     participation: float = 1.0  # fraction of clients sampled per round
@@ -75,6 +76,24 @@ class EvalConfig:
 
     every: int = 2  # rounds between evaluations (the last round is always evaluated)
     batch_size: int = 128
+
+
+@dataclass
+class ServerConfig:
+    """How the server screens client replies and guards the aggregate (every method).
+
+    A reply that fails a check (keys, shapes and rank of what was sent, finite values, the bounds
+    below) is left out of its round, logged and recorded (``rejected`` in the round's record).
+    The robust safeguards (``clip_norm``, ``max_client_weight``) change what valid replies count
+    for; both are off by default.
+    """
+
+    min_clients: int = 1  # fewest valid replies a round aggregates; fewer: retry, then stop
+    retries: int = 0  # times a round with too few valid replies is run again before stopping
+    max_update_norm: float | None = None  # reject a reply with ||s B A||_F above this in a layer
+    max_examples: int | None = None  # reject a reply claiming more training examples than this
+    clip_norm: float | None = None  # scale a reply's update down to ||s B A||_F <= this per layer
+    max_client_weight: float | None = None  # cap on one client's share of a round's weight
 
 
 @dataclass
@@ -92,6 +111,7 @@ class ExperimentConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,12 +200,48 @@ def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
         problems.append(f"`data.alpha` must be positive, got {cfg.data.alpha}.")
     if cfg.train.lr <= 0:
         problems.append(f"`train.lr` must be positive, got {cfg.train.lr}.")
+    _validate_server(cfg, problems)
     if len(set(cfg.lora.ranks)) > 1 and cfg.lora.equal_rank == "error":
         fixed = [m for m in cfg.methods if m in known and not get_method(m).mixed_ranks]
         if fixed:
             problems.append(f"methods {fixed} need equal client ranks but `lora.ranks` is "
                             f"{cfg.lora.ranks}; set `lora.equal_rank=min` (or max) to run them at one "
                             "rank, give one rank, or drop them from `methods`.")
+
+
+def _validate_server(cfg: ExperimentConfig, problems: list[str]) -> None:
+    """Bounds of the ``server`` section, and minimums a round can meet."""
+    srv = cfg.server
+    if srv.min_clients < 1:
+        problems.append(f"`server.min_clients` must be at least 1, got {srv.min_clients}.")
+    if srv.retries < 0:
+        problems.append(f"`server.retries` must be at least 0, got {srv.retries}.")
+    if srv.max_examples is not None and srv.max_examples < 1:
+        problems.append(f"`server.max_examples` must be a positive integer or null, got "
+                        f"{srv.max_examples}.")
+    for key in ("max_update_norm", "clip_norm"):
+        value = getattr(srv, key)
+        if value is not None and not 0 < value < math.inf:
+            problems.append(f"`server.{key}` must be a positive number or null, got {value}.")
+    share = srv.max_client_weight
+    if share is not None and not 0 < share <= 1:
+        problems.append(f"`server.max_client_weight` must be in (0, 1] or null, got {share}.")
+    if cfg.data.num_clients < 1 or not 0 < cfg.train.participation <= 1:
+        return  # reported above; the combinations below need a valid round size
+    per_round = clients_per_round(cfg)
+    if srv.min_clients > per_round:
+        problems.append(f"`server.min_clients` is {srv.min_clients} but only {per_round} clients "
+                        "take part in a round (`data.num_clients` x `train.participation`); "
+                        f"allowed: 1..{per_round}.")
+    if share is not None and 0 < share < 1 / per_round:
+        problems.append(f"`server.max_client_weight` is {share} but {per_round} clients per round "
+                        f"cannot all stay below it; allowed: {1 / per_round:.4g}..1 or null.")
+
+
+def clients_per_round(cfg: ExperimentConfig) -> int:
+    """How many clients a round samples: ``train.participation`` of ``data.num_clients``."""
+    n = cfg.data.num_clients
+    return min(n, max(1, round(cfg.train.participation * n)))
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from glora.aggregation import get_method
-from glora.config import ExperimentConfig
+from glora.config import ExperimentConfig, clients_per_round
 
 
 def client_ranks(cfg: ExperimentConfig) -> list[int]:
@@ -39,9 +39,8 @@ def lora_scaling(cfg: ExperimentConfig, rank: int) -> float:
 
 def sample_clients(cfg: ExperimentConfig, round_: int) -> list[int]:
     """The clients taking part in ``round_`` (sorted)."""
-    n = cfg.data.num_clients
-    k = max(1, round(cfg.train.participation * n))
-    if k >= n:
+    n, k = cfg.data.num_clients, clients_per_round(cfg)
+    if k == n:
         return list(range(n))
     rng = np.random.default_rng([cfg.seed, round_, 11])
     return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
