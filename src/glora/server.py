@@ -1,8 +1,10 @@
 """The federated server, engine-free: configure a round, aggregate its replies, evaluate.
 
 The in-process simulator and the Flower strategy both drive this class, so the same rules run
-in a laptop simulation and in a deployment. ``state`` is replaced only once a round's new server
-state is complete: a rejected round leaves it as it was.
+in a laptop simulation and in a deployment. Every reply is screened first
+(:mod:`glora.validation`): an invalid one is left out of its round, logged and recorded. The
+robust safeguards (:mod:`glora.robust`) then apply to the valid replies. ``state`` is replaced
+only once a round's new server state is complete: a failed round leaves it as it was.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
+from glora import robust, validation
 from glora.aggregation import get_method
 from glora.config import ExperimentConfig
-from glora.errors import InvalidUpdateError
+from glora.errors import AggregationError, InvalidUpdateError
 from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, split_adapter,
                                 upload_bytes)
 from glora.sim import checkpoint, plan
@@ -37,6 +40,7 @@ class RunState:
     model: GlobalModel
     local: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # FedSA-LoRA's B and head
     history: list[dict[str, Any]] = field(default_factory=list)
+    schema: validation.ReplySchema | None = None  # the shapes valid replies have
 
 
 class FederatedServer:
@@ -46,13 +50,22 @@ class FederatedServer:
         cfg: the experiment config.
         method: registry name of the aggregation method.
         evaluator: scores a model given per-layer dense deltas and a head (``None``: no eval).
+        schema: the model's layer and head shapes replies are checked against (``None``: the
+            shapes most replies of the first round have).
+        examples: each client's number of training examples, where the server knows them: a
+            reply claiming more is rejected.
     """
 
-    def __init__(self, cfg: ExperimentConfig, method: str, evaluator: Evaluator | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, method: str, evaluator: Evaluator | None,
+                 schema: validation.ReplySchema | None = None,
+                 examples: list[int] | None = None) -> None:
         self.cfg, self.method, self.evaluator = cfg, method, evaluator
         self.spec = get_method(method)
         self.ranks, self.label = plan.method_ranks(cfg, method)
-        self.state = RunState(GlobalModel(method, dict(cfg.method_options.get(method, {}))))
+        self.examples = examples
+        self.state = RunState(GlobalModel(method, dict(cfg.method_options.get(method, {}))),
+                              schema=schema)
+        self._asked: tuple[int, set[int]] = (-1, set())  # (round, clients) of the last configure
 
     @property
     def round(self) -> int:
@@ -66,7 +79,10 @@ class FederatedServer:
         checkpoint.save_atomic(self.state, path)
 
     def load(self, path: Path) -> None:
+        schema = self.state.schema
         self.state = checkpoint.load(path)
+        if self.state.schema is None:  # not learnt yet: keep the one this server was given
+            self.state.schema = schema
         log.info("%s: resuming after round %d", self.label, self.round)
 
     # -- a round -------------------------------------------------------------------------------
@@ -77,6 +93,7 @@ class FederatedServer:
         t = self.round
         clients = plan.sample_clients(self.cfg, t) if clients is None else clients
         model = self.state.model
+        self._asked = (t, set(clients))
         tasks = []
         for c in clients:
             local = self.state.local.get(c)
@@ -91,34 +108,65 @@ class FederatedServer:
         return tasks
 
     def aggregate(self, results: list, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Aggregate the round's results, evaluate, append to the history; return the record.
+        """Screen the round's results, aggregate the valid ones, evaluate; return the record.
+
+        ``results`` answer the tasks of the last :meth:`configure` (``TrainResult``s: client id,
+        adapter, head, example count, train loss). Invalid ones are left out with a warning and
+        listed in the record's ``rejected`` (client id -> reason).
 
         Raises:
-            InvalidUpdateError: naming the round, the client id and the layer; ``state`` unchanged.
+            AggregationError: fewer than ``server.min_clients`` valid results, or the round was
+                not configured; ``state`` unchanged.
+            InvalidUpdateError: the method rejected the valid results (naming the round, the
+                client id and the layer); ``state`` unchanged.
         """
-        t = self.round
+        t, number, srv = self.round, self.round + 1, self.cfg.server
+        if self._asked[0] != t:
+            raise AggregationError(f"round {number} was not configured: call configure() first.")
+        rejected = validation.unexpected_clients([r.client_id for r in results], self._asked[1])
         replies = [ClientReply(r.client_id, r.adapter, r.head, r.num_examples,
                                self.scaling(r.client_id), {"train_loss": r.train_loss})
-                   for r in results]
+                   for r in results if r.client_id not in rejected]
+        schema = self.state.schema or validation.majority_schema(replies)
+        accepted = []
+        for r in replies:
+            reason = "keys: no reply of this round follows one shape" if schema is None else \
+                validation.check_reply(
+                    r, self.ranks[r.client_id], schema, max_norm=srv.max_update_norm,
+                    known_examples=self.examples[r.client_id] if self.examples else None,
+                    max_examples=srv.max_examples)
+            if reason is None:
+                accepted.append(r)
+            else:
+                rejected[r.client_id] = reason
+        for c, reason in rejected.items():
+            log.warning("%s: round %d: rejected client %s: %s", self.label, number, c, reason)
+        if len(accepted) < srv.min_clients:
+            raise AggregationError(
+                f"{self.label}: round {number}: {len(accepted)} valid replies of "
+                f"{len(self._asked[1])} clients asked, `server.min_clients` = {srv.min_clients} "
+                f"needed (rejected: {rejected or 'none'}); the state stays at round {t}.")
+        guarded = self._guard(accepted)
         started = time.perf_counter()
         try:
-            new_model = aggregate_model(self.state.model, replies)
+            new_model = aggregate_model(self.state.model, guarded)
         except InvalidUpdateError as err:
-            cid = replies[err.client].client_id if err.client is not None else None
-            raise InvalidUpdateError(f"round {t}: {err.reason}", cid, err.key) from None
+            cid = guarded[err.client].client_id if err.client is not None else None
+            raise InvalidUpdateError(f"round {number}: {err.reason}", cid, err.key) from None
         server_seconds = time.perf_counter() - started
-        clients = [r.client_id for r in replies]
+        clients = [r.client_id for r in accepted]
         old = self.state.model
         bytes_down = sum(old.download_bytes(self.ranks[c], self.scaling(c)) for c in clients) \
             if old.layers else 0
         local = dict(self.state.local)
-        local.update(self._kept(replies))
+        local.update(self._kept(accepted))
         record: dict[str, Any] = {
             "method": self.method, "label": self.label, "round": new_model.round,
-            "clients": clients, "train_loss": sum(r.train_loss for r in results) / len(results),
-            "bytes_up": sum(upload_bytes(self.method, r) for r in replies),
+            "clients": clients, "rejected": rejected,
+            "train_loss": sum(r.metrics["train_loss"] for r in accepted) / len(accepted),
+            "bytes_up": sum(upload_bytes(self.method, r) for r in accepted),
             "bytes_down": bytes_down, "server_seconds": server_seconds, **(extra or {})}
-        self.state = replace(self.state, model=new_model, local=local,
+        self.state = replace(self.state, model=new_model, local=local, schema=schema,
                              history=[*self.state.history, record])
         if self.evaluator and (new_model.round % self.cfg.eval.every == 0
                                or new_model.round == self.cfg.train.rounds):
@@ -127,6 +175,20 @@ class FederatedServer:
             if self.spec.local:
                 record.update(self.personalized())
         return record
+
+    def _guard(self, replies: list[ClientReply]) -> list[ClientReply]:
+        """The robust safeguards of ``server`` (off by default) applied to valid replies.
+
+        Clipping scales ``B``, or ``A`` where a method does not upload ``B`` (FedSA-LoRA keeps it
+        on the client), so the clipped factor is the one aggregated.
+        """
+        srv = self.cfg.server
+        if srv.clip_norm is not None:
+            replies = robust.clip_updates(replies, srv.clip_norm,
+                                          "B" if "B" in self.spec.uploads else "A")
+        if srv.max_client_weight is not None:
+            replies = robust.cap_weights(replies, srv.max_client_weight)
+        return replies
 
     def _kept(self, replies: list[ClientReply]) -> dict[int, dict[str, Tensor]]:
         """The parts a method keeps on each client (FedSA-LoRA: ``B`` and the head)."""

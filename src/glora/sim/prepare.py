@@ -14,6 +14,7 @@ from torch import Tensor
 
 from glora.config import ExperimentConfig
 from glora.errors import ConfigError
+from glora.validation import ReplySchema
 
 
 @dataclass
@@ -52,6 +53,11 @@ class Prepared:
             data = tuple(t[idx] for t in self.test)
         scores = evaluate(self.cache, deltas, head, data, self.metrics, self.cfg.eval.batch_size)
         return {prefix + k: float(v) for k, v in scores.items()}
+
+    def reply_schema(self) -> ReplySchema:
+        """The layer and head shapes of the model, which every valid client reply has."""
+        return ReplySchema(dict(self.cache.layers),
+                           {k: tuple(t.shape) for k, t in self.cache.head_init.items()})
 
     def export(self, model: Any, path: Path) -> None:
         from glora.export import export_adapter
