@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
+#: Test hook: seconds to wait between writing a checkpoint and renaming it into place, so a test
+#: can kill a run in the middle of a checkpoint write.
+PAUSE_ENV = "GLORA_CHECKPOINT_PAUSE"
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically.
+
+    Temporaries a killed write left beside ``path`` are removed first (one process writes a given
+    checkpoint at a time).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        time.sleep(float(os.environ.get(PAUSE_ENV, 0)))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
