@@ -1,8 +1,8 @@
 """Real deployments on loopback: a SuperLink and three SuperNodes with TLS, tiny BERT, tiny CSV.
 
 Each test starts its own SuperLink on a free port and stops every process it started by PID.
-On this 2-core machine each takes about two minutes: Flower 1.42 starts a fresh ClientApp process
-(torch, transformers) for every message.
+On the shared 2-core development machine each took 110-200 s depending on its load: Flower 1.42
+starts a fresh ClientApp process (torch, transformers) for every message.
 """
 
 from __future__ import annotations

@@ -193,7 +193,8 @@ def run_app(app_dir: Path, superlink: str, root_certificates: Path | None,
     """``flwr run`` the app in ``app_dir`` on ``superlink``; stream its log until it ends.
 
     ``home`` becomes ``FLWR_HOME`` of the ``flwr`` calls (a private connection config, so the
-    user's ``~/.flwr`` is left alone). Ctrl-C stops the run on the SuperLink.
+    user's ``~/.flwr`` is left alone). Ctrl-C (or SIGTERM, inside :class:`LocalFederation`)
+    stops the run on the SuperLink.
 
     Returns:
         ``(run id, status)``, the status as ``flwr ls`` gives it (``finished:completed`` on
@@ -214,7 +215,7 @@ def run_app(app_dir: Path, superlink: str, root_certificates: Path | None,
     run_id = int(started["run-id"])
     try:
         _flwr(["log", str(run_id), CONNECTION, "--stream"], home, capture=False)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: the run stops too
         _flwr(["stop", str(run_id), CONNECTION], home)
         raise
     runs = _json(_flwr(["ls", "--run-id", str(run_id), CONNECTION, "--format", "json"], home), "ls")
