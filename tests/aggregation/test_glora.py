@@ -9,26 +9,9 @@ import torch
 
 import glora
 from glora.errors import ConfigError
+from lora_helpers import exact_average, regauge
 
 D_OUT, D_IN = 40, 33
-
-
-def gauge(r: int, cond: float, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
-    """A random invertible ``r x r`` matrix with condition number ``cond``."""
-    q1, _ = torch.linalg.qr(torch.randn(r, r, dtype=torch.float64, generator=gen))
-    q2, _ = torch.linalg.qr(torch.randn(r, r, dtype=torch.float64, generator=gen))
-    s = torch.logspace(0, float(torch.log10(torch.tensor(cond))), r, dtype=torch.float64)
-    return (q1 @ torch.diag(s) @ q2).to(dtype)
-
-
-def regauge(ups: list[glora.ClientUpdate], cond: float, seed: int = 1) -> list[glora.ClientUpdate]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for u in ups:
-        M = gauge(u.rank, cond, torch.float64, gen)
-        B, A = u.B.double() @ M, torch.linalg.solve(M, u.A.double())
-        out.append(glora.ClientUpdate(B.to(u.B.dtype), A.to(u.A.dtype), u.num_examples, u.scaling))
-    return out
 
 
 def clients(ranks=(2, 4, 8, 4, 2), dtype=torch.float64, seed=0, shared: int = 0):
@@ -43,11 +26,6 @@ def clients(ranks=(2, 4, 8, 4, 2), dtype=torch.float64, seed=0, shared: int = 0)
         ups.append(glora.ClientUpdate(B, torch.randn(r, D_IN, dtype=dtype, generator=gen),
                                       10 + 7 * i, 16.0 / r))
     return ups
-
-
-def exact_average(ups):
-    n = sum(u.num_examples for u in ups)
-    return sum(u.num_examples / n * u.delta().double() for u in ups)
 
 
 def rel(a, b):
