@@ -68,6 +68,9 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 0.0
     participation: float = 1.0  # fraction of clients sampled per round
+    # Fresh adapter inits: `shared` (one per round, every client the same start) or
+    # `independent` (one per client and round). FFA-LoRA always shares its frozen `A`.
+    init: str = "shared"
 
 
 @dataclass
@@ -118,7 +121,8 @@ class ExperimentConfig:
 
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
-           "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd")}
+           "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
+           "train.init": ("shared", "independent")}
 
 
 def _check_type(value: Any, tp: Any) -> bool:

@@ -99,7 +99,7 @@ class FederatedServer:
             local = self.state.local.get(c)
             tasks.append(TrainTask(
                 client_id=c, round=t, rank=self.ranks[c], seed=plan.train_seed(self.cfg, t, c),
-                init_seed=plan.init_seed(self.cfg, t),
+                init_seed=plan.init_seed(self.cfg, t, c, self.method),
                 adapter=model.start_adapter(self.ranks[c], self.scaling(c), local),
                 head=model.start_head(local), base=model.base, frozen=self.spec.frozen,
                 data=(), steps=self.cfg.train.local_steps, batch_size=self.cfg.train.batch_size,

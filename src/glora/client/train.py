@@ -32,7 +32,7 @@ class TrainTask:
             ``rank``); ``None``: a fresh PEFT-style init drawn from ``init_seed``. All-zero rows of
             ``lora_A`` (a readout padded to a larger rank) are re-initialized the same way.
         init_seed: seed of fresh or re-initialized ``lora_A`` rows; the same for every client of
-            a round, so their fresh starts are shared.
+            a round unless ``train.init=independent`` (:func:`glora.sim.plan.init_seed`).
         head: classifier head to start from (``modules_to_save`` keys); ``None``: the initial head.
         base: layer prefix -> dense ``d_out x d_in`` delta added to that layer's frozen weight
             (FLoRA merges, FedEx-LoRA residuals); empty for most methods.

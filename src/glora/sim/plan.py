@@ -51,6 +51,14 @@ def train_seed(cfg: ExperimentConfig, round_: int, client: int) -> int:
     return int(np.random.default_rng([cfg.seed, round_, client, 13]).integers(2**31))
 
 
-def init_seed(cfg: ExperimentConfig, round_: int) -> int:
-    """Seed of a fresh adapter init, shared by every client of a round (a shared start)."""
-    return int(np.random.default_rng([cfg.seed, round_, 17]).integers(2**31))
+def init_seed(cfg: ExperimentConfig, round_: int, client: int, method: str) -> int:
+    """Seed of a client's fresh adapter init (and of re-initialized ``lora_A`` rows).
+
+    ``train.init=shared``: one seed per round for every client (a shared start);
+    ``independent``: one per client and round, so clients start in unrelated gauges. A method
+    that freezes ``A`` (FFA-LoRA) always gets the shared seed: its exact average needs every
+    client to hold the same ``A``.
+    """
+    if cfg.train.init == "shared" or "A" in get_method(method).frozen:
+        return int(np.random.default_rng([cfg.seed, round_, 17]).integers(2**31))
+    return int(np.random.default_rng([cfg.seed, round_, client, 19]).integers(2**31))
