@@ -177,9 +177,9 @@ def test_bad_options_name_the_key(options, message):
 
 @pytest.mark.parametrize("two_sided", [False, True])
 def test_clients_are_streamed_without_stacking_their_bases(two_sided, shape_recorder, monkeypatch):
-    """No tensor as large as all clients' bases (``d x sum r_i``) is built: chunks of clients."""
+    """No tensor as large as all clients' bases (``d x sum r_i``) is built: row slabs."""
     d = 64
-    monkeypatch.setattr(glora.aggregation.glora, "CHUNK_ELEMENTS", 2 * 4 * d)  # two clients
+    monkeypatch.setattr(glora.aggregation.glora, "SLAB_ELEMENTS", 2 * 4 * d)  # slabs of 12 rows
     gen = torch.Generator().manual_seed(5)
     ups = [glora.ClientUpdate(torch.randn(d, 4, dtype=torch.float64, generator=gen),
                               torch.randn(4, d, dtype=torch.float64, generator=gen), 10 + i, 2.0)

@@ -163,6 +163,7 @@ def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
     if not isinstance(updates, (list, tuple)) or len(updates) == 0:
         raise InvalidUpdateError("no client updates to aggregate (the list is empty).")
     dtype = None
+    largest: dict[tuple[int, str], float] = {}  # max |entry| of each factor (one pass over it)
     for i, u in enumerate(updates):
         if not isinstance(u, ClientUpdate):
             raise InvalidUpdateError(f"expected a glora.ClientUpdate, got {type(u).__name__}.", i)
@@ -173,7 +174,8 @@ def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
                 raise InvalidUpdateError(f"`{name}` must be 2-D, got shape {tuple(t.shape)}.", i)
             if not t.is_floating_point():
                 raise InvalidUpdateError(f"`{name}` must be floating point, got {t.dtype}.", i)
-            if not bool(torch.isfinite(t).all()):
+            largest[i, name] = _largest_abs(t)
+            if not math.isfinite(largest[i, name]):
                 raise InvalidUpdateError(f"`{name}` has non-finite values (NaN or inf).", i)
             dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
         if u.B.shape[1] != u.A.shape[0]:
@@ -211,8 +213,7 @@ def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
             raise InvalidUpdateError(
                 f"`scaling` {u.scaling!r} overflows {dtype} when squared; at most "
                 f"{math.sqrt(big):.3g}.", i)
-        bound = u.scaling * u.rank * float(torch.linalg.vector_norm(u.B, math.inf)) \
-            * float(torch.linalg.vector_norm(u.A, math.inf))
+        bound = u.scaling * u.rank * largest[i, "B"] * largest[i, "A"]
         if bound > big:
             raise InvalidUpdateError(
                 f"the update `s B A` can overflow {dtype} (entries up to {bound:.3g}); send "
@@ -220,6 +221,15 @@ def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
     return [u if u.B.dtype == u.A.dtype == dtype else
             ClientUpdate(u.B.to(dtype), u.A.to(dtype), u.num_examples, float(u.scaling))
             for u in updates]
+
+
+def _largest_abs(t: Tensor) -> float:
+    """``max |t|`` (NaN if ``t`` holds one), from one ``aminmax`` pass: several times faster than
+    ``isfinite(t).all()`` plus an infinity norm on large factors."""
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = torch.aminmax(t)
+    return max(-float(lo), float(hi))  # NaN propagates: a NaN entry makes both NaN
 
 
 def weights(updates: list[ClientUpdate]) -> list[float]:

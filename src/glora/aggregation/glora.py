@@ -9,9 +9,9 @@ Per layer and round:
    the update ``U_ref C`` is the projection of the exact average onto the consensus;
 4. readout for rank ``r``: SVD of the small core, best rank-``r`` part of ``U_ref C``.
 
-Clients are streamed: each keeps only ``r x k`` coordinates on its own factor, and panels and
-blocks of client bases are rebuilt when needed, so no ``d x sum r_i`` array is held; only the top
-eigenpairs of the Gram matrix are computed.
+Clients are streamed: each keeps only ``r x k`` coordinates on its own factor, and the Gram matrix
+is accumulated over row slabs of the client bases, each built once, so no ``d x sum r_i`` array is
+held; only the top eigenpairs of the Gram matrix are computed.
 
 Two-sided variant: a right consensus ``V_ref`` from the row spaces of ``A_i`` and an ``R x R``
 core ``sum_i p_i s_i (U_ref^T B_i)(A_i V_ref)``.
@@ -19,10 +19,12 @@ core ``sum_i p_i s_i (U_ref^T B_i)(A_i V_ref)``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
 import scipy.linalg
+import threadpoolctl
 import torch
 from torch import Tensor
 
@@ -97,10 +99,11 @@ class GLoRAState(ServerState):
         return B, (A if self.V is None else A @ self.V.mT)
 
 
-#: Elements of the panel of client bases held while the Gram matrix is built (``d x columns``);
-#: the clients before the panel are streamed against it in blocks of ``BLOCK_ELEMENTS``.
-CHUNK_ELEMENTS = 3 * 2**17
-BLOCK_ELEMENTS = 2**16
+#: Elements of one slab of ``Z`` (rows of every client's scaled basis) held while the Gram matrix
+#: is accumulated; each slab is rebuilt from the clients' coordinates, so ``Z`` is never whole.
+SLAB_ELEMENTS = 3 * 2**17
+#: Column blocks of the Gram matrix; the blocks above the diagonal are not computed.
+GRAM_BLOCKS = 4
 
 
 @dataclass(frozen=True)
@@ -119,104 +122,70 @@ class ClientSpace:
     other: Tensor  # r x d_other
     weight: float
 
-
-def _chunks(spaces: list[ClientSpace], elements: int) -> list[list[ClientSpace]]:
-    """Consecutive clients grouped so one chunk's stacked bases hold <= ``elements``."""
-    d = spaces[0].factor.shape[0]
-    chunks: list[list[ClientSpace]] = [[]]
-    columns = 0
-    for space in spaces:
-        k = space.coords.shape[1]
-        if chunks[-1] and (columns + k) * d > elements:
-            chunks.append([])
-            columns = 0
-        chunks[-1].append(space)
-        columns += k
-    return chunks
-
-
-class _Rebuilder:
-    """Rebuilds clients' scaled bases ``(U_i diag(sqrt c_i))^T`` (``k x d``) into given rows.
-
-    Done in float64 from the coordinates, so the bases stay orthonormal to the dtype's precision
-    however ill-conditioned the factors are; the float64 scratch (``d x r`` and ``k x d``) is
-    allocated once and reused.
-    """
-
-    def __init__(self, spaces: list[ClientSpace]):
-        d = spaces[0].factor.shape[0]
-        r = max(s.factor.shape[1] for s in spaces)
-        k = max(s.coords.shape[1] for s in spaces)
-        self.factor = torch.empty(r, d, dtype=torch.float64)
-        self.rows = torch.empty(k, d, dtype=torch.float64)
-
-    def rows_of(self, s: ClientSpace) -> Tensor:
-        """``(U_i diag(sqrt c_i))^T`` in float64 (a view of the scratch, valid until next call)."""
-        r, k = s.coords.shape
-        f = self.factor[:r]
-        f.copy_(s.factor.mT)
-        out = self.rows[:k]
-        torch.matmul((s.coords * s.coefs.sqrt()).mT, f, out=out)
-        return out
-
-    def fill(self, chunk: list[ClientSpace], out: Tensor) -> Tensor:
-        """Stack a chunk's rows into ``out`` (``>= sum k_i`` rows); returns the filled rows."""
-        start = 0
-        for s in chunk:
-            k = s.coords.shape[1]
-            out[start:start + k].copy_(self.rows_of(s))
-            start += k
-        return out[:start]
+    def scaled_coords(self) -> Tensor:
+        """``coords diag(sqrt coefs)`` (``r x k``, float64): ``factor @`` it is the client's block of
+        ``Z``. Products with it are taken in float64, so the rebuilt bases stay orthonormal to the
+        dtype's precision however ill-conditioned the factors are."""
+        return self.coords * self.coefs.sqrt()
 
 
 def _gram(spaces: list[ClientSpace]) -> Tensor:
     """``Z^T Z`` (``m x m``, ``m = sum k_i``) of ``Z = [U_1 diag(sqrt c_1), ...]``.
 
-    Only the lower block triangle is filled (the rest is left uninitialized). Panels of clients
-    (``CHUNK_ELEMENTS``) are rebuilt once each, and the clients before a panel are streamed
-    against it in blocks of ``BLOCK_ELEMENTS`` (at most ``CHUNK_ELEMENTS``), all into buffers allocated once.
+    Accumulated over row slabs of ``Z`` (``SLAB_ELEMENTS``): each client's basis is built once,
+    slab by slab, consecutive clients of one shape in one batched product (``BATCH`` at a time).
+    Only the lower triangle is read (:func:`_top_eigh`), so each slab updates the lower block
+    triangle of ``GRAM_BLOCKS`` column blocks: about ``5/8`` of the full product.
     """
     dtype = spaces[0].factor.dtype
     d = spaces[0].factor.shape[0]
-    panels = _chunks(spaces, CHUNK_ELEMENTS)
-    sizes = [sum(s.coords.shape[1] for s in panel) for panel in panels]
-    m = sum(sizes)
-    G = torch.empty(m, m, dtype=dtype)
-    rebuild = _Rebuilder(spaces)
-    panel_buf = torch.empty(max(sizes), d, dtype=dtype)
-    block_elements = min(BLOCK_ELEMENTS, CHUNK_ELEMENTS)
-    blocks_before: list[list[ClientSpace]] = []
-    block_buf = None
-    offset = 0
-    for panel, size in zip(panels, sizes):
-        P = rebuild.fill(panel, panel_buf)  # size x d
-        rows = slice(offset, offset + size)
-        G[rows, rows].addmm_(P, P.mT, beta=0)
+    batches = _batches(spaces)
+    m = sum(c.shape[0] * c.shape[2] for _, c in batches)
+    height = max(1, min(d, SLAB_ELEMENTS // m))
+    G = torch.zeros(m, m, dtype=dtype)
+    edges = sorted({round(m * j / GRAM_BLOCKS) for j in range(GRAM_BLOCKS + 1)})
+    slab = torch.empty(height, m, dtype=dtype)
+    for lo in range(0, d, height):
+        rows = min(height, d - lo)
         start = 0
-        for block in blocks_before:
-            if block_buf is None:
-                block_buf = torch.empty(max(sum(s.coords.shape[1] for s in b)
-                                            for b in _chunks(spaces, block_elements)), d,
-                                        dtype=dtype)
-            Q = rebuild.fill(block, block_buf)
-            G[rows, start:start + Q.shape[0]].addmm_(P, Q.mT, beta=0)
-            start += Q.shape[0]
-        blocks_before.extend(_chunks(panel, block_elements))
-        offset += size
+        for factors, coords in batches:
+            g, _, k = coords.shape
+            part = torch.stack([f[lo:lo + rows] for f in factors]).double()  # g x rows x r
+            slab[:rows, start:start + g * k] = torch.bmm(part, coords).transpose(0, 1).reshape(
+                rows, g * k)
+            start += g * k
+        for a, b in zip(edges[:-1], edges[1:]):
+            G[a:, a:b].addmm_(slab[:rows, a:].mT, slab[:rows, a:b])
     return G
+
+
+#: Clients whose bases are built in one batched product (bounds its float64 scratch).
+BATCH = 16
+
+
+def _batches(spaces: list[ClientSpace]) -> list[tuple[list[Tensor], Tensor]]:
+    """Runs of at most ``BATCH`` consecutive clients with equal ``coords`` shape: their factors and
+    stacked scaled coordinates (``g x r x k``), in client order (the column order of ``Z``)."""
+    batches: list[tuple[list[Tensor], list[Tensor]]] = []
+    for s in spaces:
+        c = s.scaled_coords()
+        if not batches or len(batches[-1][0]) == BATCH or batches[-1][1][0].shape != c.shape:
+            batches.append(([], []))
+        batches[-1][0].append(s.factor)
+        batches[-1][1].append(c)
+    return [(factors, torch.stack(coords)) for factors, coords in batches]
 
 
 def _combine(spaces: list[ClientSpace], coefficients: Tensor) -> Tensor:
     """``Z @ coefficients`` (``d x q``) for ``coefficients`` of shape ``m x q``, one client at a time
     (accumulated in float64)."""
-    rebuild = _Rebuilder(spaces)
     out = torch.zeros(spaces[0].factor.shape[0], coefficients.shape[1], dtype=torch.float64)
     coefficients = coefficients.double()
     start = 0
     for s in spaces:
-        k = s.coords.shape[1]
-        out.addmm_(rebuild.rows_of(s).mT, coefficients[start:start + k])
-        start += k
+        c = s.scaled_coords()
+        out.addmm_(s.factor.double(), c @ coefficients[start:start + c.shape[1]])
+        start += c.shape[1]
     return out.to(spaces[0].factor.dtype)
 
 
@@ -251,6 +220,12 @@ def _tie_order(spaces: list[ClientSpace], W: Tensor, rtol: float) -> Tensor:
 EXTRA_EIGENPAIRS = 8
 
 
+@functools.cache
+def _blas_threads() -> threadpoolctl.ThreadpoolController:
+    """The process's BLAS thread pools (found once: the lookup scans every loaded library)."""
+    return threadpoolctl.ThreadpoolController()
+
+
 def _top_eigh(G: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenpairs of the symmetric ``G`` (lower triangle read; destroyed), descending.
 
@@ -258,9 +233,12 @@ def _top_eigh(G: Tensor, k: int) -> tuple[Tensor, Tensor]:
     instead of the ``O(m^2)`` of a full ``eigh``.
     """
     m = G.shape[0]
-    # G is row-major; its transpose is a column-major view whose upper triangle is G's lower.
-    lam, vec = scipy.linalg.eigh(G.numpy().T, lower=False, subset_by_index=[m - k, m - 1],
-                                 driver="evr", overwrite_a=True, check_finite=False)
+    # scipy's BLAS starts a thread per core unless told otherwise; next to busy worker processes
+    # those threads spin-wait and one call ran 10-50x slower. Use torch's thread count instead.
+    with _blas_threads().limit(limits=torch.get_num_threads(), user_api="blas"):
+        # G is row-major; its transpose is a column-major view whose upper triangle is G's lower.
+        lam, vec = scipy.linalg.eigh(G.numpy().T, lower=False, subset_by_index=[m - k, m - 1],
+                                     driver="evr", overwrite_a=True, check_finite=False)
     return torch.from_numpy(lam[::-1].copy()), torch.from_numpy(vec[:, ::-1].copy())
 
 
@@ -268,8 +246,8 @@ def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,
                        ) -> tuple[Tensor, dict]:
     """Top-``rank`` eigenvectors of ``K = sum_i U_i diag(c_i) U_i^T`` via the Gram matrix.
 
-    With ``Z = [U_1 diag(sqrt c_1), ...]`` (never stacked whole: clients are rebuilt from their
-    coordinates in panels and blocks), eigenpairs ``(lam, v)`` of ``Z^T Z`` give ``K``'s
+    With ``Z = [U_1 diag(sqrt c_1), ...]`` (never stacked whole: built from the clients'
+    coordinates in row slabs), eigenpairs ``(lam, v)`` of ``Z^T Z`` give ``K``'s
     eigenvectors ``Z v / sqrt(lam)``. Only the top ``rank + EXTRA_EIGENPAIRS`` eigenpairs are
     computed; where eigenvalues closer than ``tie_rtol * lam_1`` straddle ``rank``, the tied block
     is ordered by the exact average (:func:`_tie_order`), not by arithmetic noise, and if the
