@@ -1,4 +1,4 @@
-"""The ``glora`` command: ``run``, ``methods`` (and later ``sweep``, ``report``).
+"""The ``glora`` command: ``run``, ``methods``, ``gauge``, ``sweep``, ``report``.
 
 ``glora run [--config FILE] [--resume] [key=value ...]`` runs the embedded default comparison
 unless told otherwise; overrides use dotted keys (``train.rounds=3 methods=[glora,fedit]``).
@@ -21,6 +21,10 @@ EPILOG = """examples:
   glora run --engine flower methods=[glora]   # a SuperLink and a SuperNode per client, on loopback
   glora run --engine flower --superlink host:8000 --root-certificates ca.pem   # docs/flower.md
   glora methods                               # list the aggregation methods
+  glora gauge --cond-max 1000 methods=[glora,fedit]   # gauge-invariance check (docs/gauge.md)
+  glora sweep --dry-run my_sweep.yaml         # list a sweep's runs (settings x variants x seeds)
+  glora sweep --jobs 2 my_sweep.yaml train.rounds=4   # run what is missing; overrides apply to base
+  glora report runs/sweeps/my_sweep           # tables and plots: runs/sweeps/my_sweep/report.md
 """
 
 
@@ -39,6 +43,42 @@ def _run(args: argparse.Namespace) -> None:
     print()
     print(table)
     print(f"\nresults, plots and adapters: {cfg.output_dir}")
+
+
+def _gauge(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from glora.config import load_config
+    from glora.sim.gauge import run_gauge
+
+    cfg = load_config(args.config, args.overrides)
+    inits = [i.strip() for i in args.init.split(",") if i.strip()]
+    run_gauge(cfg, (args.cond_min, args.cond_max), inits)
+    out = Path(cfg.output_dir) / "gauge"
+    print()
+    print((out / "gauge.md").read_text())
+    print(f"runs, metrics and tables: {out}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from glora.sweep import plan_sweep, run_plan
+
+    plan = plan_sweep(args.file, args.overrides, args.store)
+    if args.dry_run:
+        print(plan.listing())
+        return
+    failures = run_plan(plan, args.jobs)
+    print(f"\n{len(plan.jobs)} runs in {plan.store}; report: glora report {plan.store}")
+    if failures:
+        raise GloraError(f"{len(failures)} of {len(plan.jobs)} runs failed (the others finished); "
+                         "rerun the same command to retry them:\n"
+                         + "\n".join(f"- {name}: {err}" for name, err in failures.items()))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from glora.report import write_report
+
+    print(f"report: {write_report(args.store, args.out, args.metric)}")
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -68,13 +108,52 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.rounds=3")
     run.set_defaults(func=_run)
     sub.add_parser("methods", help="list aggregation methods").set_defaults(func=_methods)
+    gauge = sub.add_parser("gauge", help="does a method's update change when clients refactor "
+                           "their LoRA factors? (docs/gauge.md)", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    gauge.add_argument("--config", help="YAML config (defaults are built in)")
+    gauge.add_argument("--cond-min", type=float, default=1.0,
+                       help="smallest condition number of a client's gauge (default 1)")
+    gauge.add_argument("--cond-max", type=float, default=1000.0,
+                       help="largest condition number of a client's gauge (default 1000)")
+    gauge.add_argument("--init", default="shared,independent",
+                       help="comma-separated train.init modes to run (default shared,independent)")
+    gauge.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.rounds=3")
+    gauge.set_defaults(func=_gauge)
+    sweep = sub.add_parser("sweep", help="run a grid of settings x method variants x seeds "
+                           "from a sweep file (glora/sweep.py documents the format)", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("file", metavar="FILE", help="sweep YAML file")
+    sweep.add_argument("--store", metavar="DIR",
+                       help="folder of the runs (default runs/sweeps/<FILE stem>)")
+    sweep.add_argument("--jobs", type=int, default=2, metavar="N",
+                       help="runs at a time, each a process with one torch thread (default 2)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and which are done")
+    sweep.add_argument("overrides", nargs="*",
+                       help="key=value overrides of every run's base, e.g. train.rounds=3")
+    sweep.set_defaults(func=_sweep)
+    report = sub.add_parser("report", help="Markdown tables and plots of a sweep's store",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("store", metavar="STORE", help="folder written by `glora sweep`")
+    report.add_argument("--out", metavar="FILE.md", help="report file (default "
+                        "STORE/report.md); plots go to <its stem>_plots/ beside it")
+    report.add_argument("--metric", metavar="KEY[,KEY...]",
+                        help="comma-separated metric keys, one table each (default: the first "
+                        "global_* metric, e.g. global_accuracy)")
+    report.set_defaults(func=_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes positionals in one go: `sweep FILE --store DIR k=v` leaves `k=v` over.
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e[0] == "-" for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         args.func(args)
     except GloraError as err:

@@ -1,0 +1,353 @@
+"""``glora report``: a sweep's store as Markdown tables and plots.
+
+For each group of settings and each metric, a table: rows are settings, columns are method
+variants, a cell is the mean ± sample standard deviation (n - 1) over seeds of the metric's
+final-round value (the last round is always evaluated), n the number of seeds that finished. The
+best mean of a row is bold: the lowest for a loss (``global_loss``), else the highest (accuracy,
+F1, correlations, ROUGE-L). A sentence per row says whether GLoRA (a variant of method ``glora``)
+was best.
+Plots (PNG) go to ``<report stem>_plots/`` beside the report.
+
+The numbers (:func:`mean_std`, :func:`best`, :func:`cell_text`, :func:`verdict`,
+:func:`mean_by_round`, :func:`total_mb`) are pure functions, apart from reading the store and
+drawing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from glora.errors import ConfigError
+from glora.sim.plots import read_history
+from glora.sweep import ERROR, RESULT, SWEEP_FILE, Run, Sweep, read_sweep
+
+MARK = "†"
+METRIC_PREFIXES = ("global_", "personal_")
+
+
+# -- the numbers (pure) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """What one table cell summarizes: a variant's runs in a setting, for one metric."""
+
+    values: tuple[float, ...] = ()  # the metric's final value, one per finished seed having it
+    finished: int = 0
+    failed: int = 0
+    planned: bool = True  # False: the setting does not run this variant
+    equal_rank: str | None = None  # the label, where the method ran every client at one rank
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for a single value)."""
+    values = list(values)
+    if not values:
+        raise ValueError("mean_std needs at least one value.")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses go down; every other metric glora reports goes up."""
+    return metric.endswith("loss")
+
+
+def best(means: dict[str, float], lower: bool = False) -> list[str]:
+    """The keys with the best (highest, or lowest) mean, several on a tie, in the given order."""
+    if not means:
+        return []
+    top = min(means.values()) if lower else max(means.values())
+    return [k for k, m in means.items() if math.isclose(m, top, rel_tol=1e-12, abs_tol=1e-12)]
+
+
+def cell_text(cell: Cell, bold: bool = False) -> str:
+    """``0.8123 ± 0.0100 (n=3)``; ``not run``, ``failed``, ``pending`` or ``n/a`` without values."""
+    if not cell.planned:
+        return "not run"
+    if not cell.values:
+        return "failed" if cell.failed else "n/a" if cell.finished else "pending"
+    mean, std = mean_std(cell.values)
+    n = f"n={len(cell.values)}" + (f"; {cell.failed} failed" if cell.failed else "")
+    text = f"{mean:.4f} ± {std:.4f} ({n})" if std is not None else f"{mean:.4f} ({n})"
+    text = f"**{text}**" if bold else text
+    return f"{text} {MARK}" if cell.equal_rank else text
+
+
+def verdict(setting: str, means: dict[str, float], methods: dict[str, str],
+            lower: bool = False) -> str:
+    """One sentence: was a GLoRA variant best in this row; if not, which variant was, by how much.
+
+    ``means``: variant -> mean (finished variants only); ``methods``: variant -> registry method;
+    ``lower``: lower is better (a loss).
+    """
+    if not means:
+        return f"`{setting}`: no run has finished."
+    top = best(means, lower)
+    ours = {v: m for v, m in means.items() if methods[v] == "glora"}
+    others = {v: m for v, m in means.items() if methods[v] != "glora"}
+    if not ours:
+        return (f"`{setting}`: no GLoRA variant has finished; best was `{top[0]}` with "
+                f"{means[top[0]]:.4f}.")
+    lead = best(ours, lower)[0]
+    if lead not in top:
+        return (f"`{setting}`: GLoRA was not best: `{top[0]}` was, with {means[top[0]]:.4f}, "
+                f"{abs(means[top[0]] - ours[lead]):.4f} better than GLoRA's best variant "
+                f"`{lead}` ({ours[lead]:.4f}).")
+    if not others:
+        return (f"`{setting}`: only GLoRA variants have finished; `{lead}` was best with "
+                f"{ours[lead]:.4f}.")
+    runner = best(others, lower)[0]
+    if runner in top:
+        return f"`{setting}`: GLoRA (`{lead}`) tied for best with `{runner}` at {ours[lead]:.4f}."
+    return (f"`{setting}`: GLoRA (`{lead}`) was best with {ours[lead]:.4f}, "
+            f"{abs(ours[lead] - others[runner]):.4f} better than the best other method, "
+            f"`{runner}` ({others[runner]:.4f}).")
+
+
+def mean_by_round(histories: list[list[dict[str, Any]]], key: str) -> list[tuple[int, float]]:
+    """``(round, mean over runs)`` of ``key`` for every round at least one run recorded it."""
+    by_round: dict[int, list[float]] = {}
+    for history in histories:
+        for record in history:
+            if isinstance(record.get(key), (int, float)):
+                by_round.setdefault(record["round"], []).append(record[key])
+    return [(r, statistics.fmean(v)) for r, v in sorted(by_round.items())]
+
+
+def total_mb(history: list[dict[str, Any]]) -> float:
+    """Megabytes up and down over all rounds of a run."""
+    return sum(r["bytes_up"] + r["bytes_down"] for r in history) / 1e6
+
+
+# -- the store ---------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """One run of the sweep as its folder holds it."""
+
+    run: Run
+    result: dict[str, Any] | None  # result.json, once it finished
+    history: list[dict[str, Any]]  # metrics.jsonl
+    error: str | None  # the last line of error.txt, when it failed and has not finished since
+
+
+def collect(store: Path) -> tuple[Sweep, list[Outcome]]:
+    """The store's sweep (``sweep.yaml``) and what each of its runs left behind."""
+    if not (store / SWEEP_FILE).is_file():
+        raise ConfigError(f"{store / SWEEP_FILE} does not exist: is {str(store)!r} a store "
+                          "written by `glora sweep`? Run `glora sweep FILE --store STORE` first.")
+    sweep, problems = read_sweep(store / SWEEP_FILE)
+    if problems:
+        raise ConfigError([f"{store / SWEEP_FILE}: {p}" for p in problems])
+    outcomes = []
+    for run in sweep.runs(store):
+        done = run.dir / RESULT
+        result = json.loads(done.read_text()) if done.is_file() else None
+        error = None
+        if result is None and (run.dir / ERROR).is_file():
+            lines = (run.dir / ERROR).read_text().strip().splitlines()
+            error = lines[-1] if lines else "unknown error"
+        outcomes.append(Outcome(run, result, read_history(run.dir / run.method), error))
+    return sweep, outcomes
+
+
+def choose_metrics(requested: str | None, outcomes: list[Outcome]) -> list[str]:
+    """``--metric`` (a comma list) checked against the finished runs' metrics; by default the
+    first ``global_*`` one."""
+    available = list(dict.fromkeys(
+        k for o in outcomes if o.result for k, v in o.result["summary"].items()
+        if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))))
+    if requested is None:
+        found = [k for k in available if k.startswith("global_")]
+        if not found:
+            raise ConfigError("no finished run has a `global_*` metric yet; finish some runs "
+                              "with `glora sweep`, or name a metric with `--metric`.")
+        return found[:1]
+    chosen = [m.strip() for m in requested.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in available]
+    if unknown or not chosen:
+        raise ConfigError(f"`--metric`: {unknown or requested!r} not among the finished runs' "
+                          f"metrics; available: {available}.")
+    return chosen
+
+
+def make_cell(outcomes: list[Outcome], metric: str, planned: bool = True) -> Cell:
+    """The cell of one setting and variant (``outcomes``: its runs, one per seed)."""
+    results = [o.result for o in outcomes if o.result]
+    labels = {r["label"] for r in results if r["label"] != r["method"]}
+    return Cell(tuple(r["summary"][metric] for r in results if metric in r["summary"]),
+                len(results), sum(o.error is not None for o in outcomes), planned,
+                ", ".join(sorted(labels)) or None)
+
+
+# -- the report --------------------------------------------------------------------------------
+def write_report(store: str | Path, out: str | Path | None = None,
+                 metrics: str | None = None) -> Path:
+    """Write the report of ``store`` (default ``<store>/report.md``) and its plots; its path."""
+    store = Path(store)
+    sweep, outcomes = collect(store)
+    chosen = choose_metrics(metrics, outcomes)
+    out = Path(out) if out is not None else store / "report.md"
+    plots = out.parent / f"{out.stem}_plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    lines = _header(sweep, outcomes, store, chosen)
+    for i, group in enumerate(dict.fromkeys(s.group for s in sweep.settings), 1):
+        lines += _group(sweep, outcomes, group, chosen, plots, f"{i}-{_slug(group)}")
+    lines += _failures(outcomes) + _provenance(sweep, store)
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "group"
+
+
+def _header(sweep: Sweep, outcomes: list[Outcome], store: Path, metrics: list[str]) -> list[str]:
+    done = sum(o.result is not None for o in outcomes)
+    failed = sum(o.error is not None for o in outcomes)
+    return [f"# Sweep report: {sweep.name}", "",
+            f"Store `{store}`: {len(outcomes)} runs, {done} finished, {failed} failed, "
+            f"{len(outcomes) - done - failed} not yet run. Metric: final "
+            + ", ".join(f"`{m}`" for m in metrics)
+            + ", mean ± sample std over seeds (n = seeds that finished); best mean per row in "
+            "bold (lowest for a loss, else highest).", ""]
+
+
+def _group(sweep: Sweep, outcomes: list[Outcome], group: str, metrics: list[str], plots: Path,
+           stem: str) -> list[str]:
+    """A group's tables, sentences and plots."""
+    settings = [s for s in sweep.settings if s.group == group]
+    variants = [v for v in sweep.variants if any(v in s.variants for s in settings)]
+    methods = {v: sweep.variants[v].method for v in variants}
+    runs = {(s.name, v): [o for o in outcomes
+                          if o.run.setting.name == s.name and o.run.variant == v]
+            for s in settings for v in variants}
+    lines = [f"## {group}", ""]
+    for metric in metrics:
+        cells = {(s.name, v): make_cell(runs[s.name, v], metric, v in s.variants)
+                 for s in settings for v in variants}
+        lines += [f"### `{metric}`", "", "| setting | " + " | ".join(variants) + " |",
+                  "|---" * (len(variants) + 1) + "|"]
+        sentences = []
+        for s in settings:
+            means = {v: mean_std(cells[s.name, v].values)[0] for v in variants
+                     if cells[s.name, v].values}
+            top = best(means, lower_is_better(metric))
+            lines.append(f"| {s.name} | " + " | ".join(
+                cell_text(cells[s.name, v], v in top) for v in variants) + " |")
+            sentences.append(verdict(s.name, means, methods, lower_is_better(metric)))
+        labels = sorted({c.equal_rank for c in cells.values() if c.equal_rank})
+        if labels:
+            lines += ["", f"{MARK} Run with every client at one rank ("
+                      + ", ".join(f"`{label}`" for label in labels) + "): the method cannot take "
+                      "mixed ranks, so it used the smallest (or largest, `lora.equal_rank`) rank "
+                      "of `lora.ranks`."]
+        lines += ["", *[f"- {s}" for s in sentences], ""]
+        for name, title in _plot_metric(plots, f"{stem}_{metric}", settings, variants, runs,
+                                        metric):
+            lines += [f"![{title}]({plots.name}/{name})", ""]
+    name = _plot_rounds(plots / f"{stem}_server_ms.png", settings, variants, runs,
+                        "server_seconds", "server ms per round", 1000.0)
+    lines += [f"![server ms per round]({plots.name}/{name})", ""]
+    return lines
+
+
+def _failures(outcomes: list[Outcome]) -> list[str]:
+    failed = [o for o in outcomes if o.error is not None]
+    if not failed:
+        return []
+    return ["## Failed runs", "", *[f"- `{o.run.name}`: {o.error} (traceback: "
+                                    f"`{o.run.dir / ERROR}`)" for o in failed],
+            "", "Rerun the sweep to retry them (from their last checkpoint).", ""]
+
+
+def _provenance(sweep: Sweep, store: Path) -> list[str]:
+    pattern = store / "<setting>" / "<variant>" / "seed_<k>"
+    return ["## How these numbers were obtained", "",
+            f"- The sweep: `glora sweep {store / SWEEP_FILE} --store {store}` (the resolved sweep "
+            "file: base config, overrides, variants, settings, seeds); then "
+            f"`glora report {store}`.",
+            f"- Seeds: {', '.join(map(str, sweep.seeds))}; one run per setting, variant and seed, "
+            "each a separate `glora run` with one method.",
+            f"- One run: `glora run --config {pattern / 'config.yaml'}` repeats it; its "
+            f"`result.json` holds that command, the summary row, the final round's record and "
+            f"the wall time, and `<method>/metrics.jsonl` one record per round.",
+            "- A cell: the metric after the last round of each seed, then mean ± sample standard "
+            "deviation (n - 1) over seeds. MB communicated: bytes up and down summed over all "
+            "rounds. Server ms: the server's aggregation time per round (`server_seconds`). "
+            "Curves are means over the seeds that finished.", ""]
+
+
+# -- plots -------------------------------------------------------------------------------------
+def _axes(count: int) -> tuple[Any, list[Any]]:
+    """A figure with one subplot per setting (up to 4 a row), on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(count, 4)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _color(variants: list[str], variant: str) -> str:
+    """One colour per variant in every subplot of a group."""
+    return f"C{variants.index(variant) % 10}"
+
+
+def _finish(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _plot_rounds(path: Path, settings: list, variants: list[str],
+                 runs: dict[tuple[str, str], list[Outcome]], key: str, ylabel: str,
+                 scale: float = 1.0) -> str:
+    """``key`` per round, mean over finished seeds, a line per variant, a subplot per setting."""
+    fig, axes = _axes(len(settings))
+    for ax, s in zip(axes, settings):
+        for v in s.variants:
+            points = mean_by_round([o.history for o in runs[s.name, v] if o.result], key)
+            if points:
+                ax.plot([r for r, _ in points], [scale * m for _, m in points], marker="o",
+                        label=v, color=_color(variants, v))
+        _finish(ax, s.name, "round", ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)
+
+
+def _plot_metric(plots: Path, stem: str, settings: list, variants: list[str],
+                 runs: dict[tuple[str, str], list[Outcome]], metric: str) -> list[tuple[str, str]]:
+    """The metric per round, and the final metric against MB communicated; (file, title) each."""
+    rounds = _plot_rounds(plots / f"{stem}_rounds.png", settings, variants, runs, metric, metric)
+    fig, axes = _axes(len(settings))
+    for ax, s in zip(axes, settings):
+        for v in s.variants:
+            done = [o for o in runs[s.name, v] if o.result and metric in o.result["summary"]]
+            if done:
+                mean, std = mean_std(o.result["summary"][metric] for o in done)
+                ax.errorbar(statistics.fmean(total_mb(o.history) for o in done), mean,
+                            yerr=std or 0.0, marker="o", capsize=3, label=v,
+                            color=_color(variants, v))
+        _finish(ax, s.name, "MB communicated (up + down, all rounds)", metric)
+    traffic = _save(fig, plots / f"{stem}_vs_MB.png")
+    return [(rounds, f"{metric} per round"), (traffic, f"final {metric} against MB communicated")]

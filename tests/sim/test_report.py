@@ -1,0 +1,183 @@
+"""`glora report`: the numbers (pure, hand-made values), a hand-made store, a real sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glora.cli import main
+from glora.errors import ConfigError
+from glora.report import (Cell, best, cell_text, mean_by_round, mean_std, total_mb, verdict,
+                          write_report)
+from tests.sim.test_sweep import tiny_base, write_sweep
+
+METHODS = {"glora": "glora", "glora_energy": "glora", "fedit": "fedit"}
+
+
+# -- the numbers -------------------------------------------------------------------------------
+def test_mean_and_sample_std():
+    assert mean_std([0.8, 0.9, 1.0]) == (pytest.approx(0.9), pytest.approx(0.1))
+    assert mean_std([0.6, 0.8]) == (pytest.approx(0.7), pytest.approx(0.1414214))
+    assert mean_std([0.5]) == (0.5, None)  # no spread from one seed
+    with pytest.raises(ValueError):
+        mean_std([])
+
+
+def test_best_is_the_highest_mean_or_the_lowest_loss_with_ties():
+    means = {"glora": 0.8, "glora_energy": 0.8, "fedit": 0.7}
+    assert best(means) == ["glora", "glora_energy"]
+    assert best(means, lower=True) == ["fedit"]
+    assert best({}) == []
+
+
+def test_cell_text():
+    assert cell_text(Cell((0.8, 0.9))) == "0.8500 ± 0.0707 (n=2)"
+    assert cell_text(Cell((0.8, 0.9)), bold=True) == "**0.8500 ± 0.0707 (n=2)**"
+    assert cell_text(Cell((0.9,), 1, 1, equal_rank="fedit (all r=2)"), True) == \
+        "**0.9000 (n=1; 1 failed)** †"
+    assert cell_text(Cell(planned=False)) == "not run"
+    assert cell_text(Cell(failed=2)) == "failed"
+    assert cell_text(Cell()) == "pending"
+    assert cell_text(Cell(finished=2)) == "n/a"  # finished, but without this metric
+
+
+def test_verdict_says_whether_glora_was_best_and_by_how_much():
+    assert verdict("a", {"glora": 0.85, "glora_energy": 0.7, "fedit": 0.7}, METHODS) == (
+        "`a`: GLoRA (`glora`) was best with 0.8500, 0.1500 better than the best other method, "
+        "`fedit` (0.7000).")
+    assert verdict("b", {"glora": 0.55, "fedit": 0.9}, METHODS) == (
+        "`b`: GLoRA was not best: `fedit` was, with 0.9000, 0.3500 better than GLoRA's best "
+        "variant `glora` (0.5500).")
+    assert verdict("c", {"glora": 0.7, "glora_energy": 0.6, "fedit": 0.7}, METHODS) == \
+        "`c`: GLoRA (`glora`) tied for best with `fedit` at 0.7000."
+    assert verdict("d", {"glora": 0.2, "fedit": 0.3}, METHODS, lower=True).startswith(
+        "`d`: GLoRA (`glora`) was best with 0.2000, 0.1000 better")
+    assert verdict("e", {"fedit": 0.3}, METHODS) == \
+        "`e`: no GLoRA variant has finished; best was `fedit` with 0.3000."
+    assert verdict("f", {}, METHODS) == "`f`: no run has finished."
+
+
+def test_curves_and_traffic():
+    runs = [[{"round": 1, "m": 0.2}, {"round": 2, "m": 0.4}],
+            [{"round": 1, "m": 0.4}, {"round": 2}]]
+    assert mean_by_round(runs, "m") == [(1, pytest.approx(0.3)), (2, pytest.approx(0.4))]
+    assert total_mb([{"bytes_up": 1_000_000, "bytes_down": 500_000}] * 2) == 3.0
+
+
+# -- a hand-made store -------------------------------------------------------------------------
+#: (setting, variant) -> final accuracy per seed (``None``: that seed failed)
+FINAL = {("a", "glora"): [0.8, 0.9], ("a", "glora_energy"): [0.7, 0.7], ("a", "fedit"): [0.6, 0.8],
+         ("b", "glora"): [0.5, 0.6], ("b", "fedit"): [0.9, None]}
+
+
+def hand_made_store(store: Path) -> Path:
+    """2 settings (``b`` without ``glora_energy``) x 3 variants x 2 seeds, one failed run."""
+    store.mkdir()
+    (store / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "hand", "seeds": [0, 1],
+        "methods": {"glora": {"method": "glora"},
+                    "glora_energy": {"method": "glora", "options": {"consensus": "energy"}},
+                    "fedit": {"method": "fedit"}},
+        "settings": [{"name": "a", "group": "Data"},
+                     {"name": "b", "group": "Data", "methods": ["glora", "fedit"]}]},
+        sort_keys=False))
+    for (setting, variant), finals in FINAL.items():
+        method = METHODS[variant]
+        label = "fedit (all r=2)" if method == "fedit" else method
+        for seed, final in enumerate(finals):
+            run = store / setting / variant / f"seed_{seed}"
+            (run / method).mkdir(parents=True)
+            if final is None:
+                (run / "error.txt").write_text("Traceback ...\nValueError: the round diverged\n")
+                continue
+            history = [{"round": r, "label": label, "method": method, "train_loss": 1.0 / r,
+                        "bytes_up": 1_000_000, "bytes_down": 500_000, "server_seconds": 0.002 * r,
+                        "global_accuracy": final - 0.1 * (2 - r), "global_f1": final / 2}
+                       for r in (1, 2)]
+            (run / method / "metrics.jsonl").write_text(
+                "".join(json.dumps(h) + "\n" for h in history))
+            summary = {"method": label, "rounds": 2, "global_accuracy": final,
+                       "global_f1": final / 2}
+            (run / "result.json").write_text(json.dumps({
+                "setting": setting, "group": "Data", "variant": variant, "method": method,
+                "label": label, "seed": seed, "summary": summary, "final": history[-1],
+                "wall_seconds": 1.0, "command": f"glora run --config {run / 'config.yaml'}"}))
+    return store
+
+
+def table_rows(report: str, metric: str) -> dict[str, list[str]]:
+    """The rows of the table under ``### `metric` ``: setting -> cells."""
+    section = report.split(f"### `{metric}`")[1].split("###")[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| setting")]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def test_the_report_of_a_hand_made_store(tmp_path):
+    store = hand_made_store(tmp_path / "store")
+    out = write_report(store)
+    assert out == store / "report.md"
+    report = out.read_text()
+    assert "10 runs, 9 finished, 1 failed, 0 not yet run" in report
+    assert "### `global_accuracy`" in report and "### `global_f1`" not in report  # the default
+    assert report.count("| setting | glora | glora_energy | fedit |") == 1
+    assert table_rows(report, "global_accuracy") == {
+        "a": ["**0.8500 ± 0.0707 (n=2)**", "0.7000 ± 0.0000 (n=2)", "0.7000 ± 0.1414 (n=2) †"],
+        "b": ["0.5500 ± 0.0707 (n=2)", "not run", "**0.9000 (n=1; 1 failed)** †"]}
+    assert "† Run with every client at one rank (`fedit (all r=2)`)" in report
+    assert ("- `a`: GLoRA (`glora`) was best with 0.8500, 0.1500 better than the best other "
+            "method, `fedit` (0.7000).") in report
+    assert ("- `b`: GLoRA was not best: `fedit` was, with 0.9000, 0.3500 better than GLoRA's "
+            "best variant `glora` (0.5500).") in report
+    assert "`b/fedit/seed_1`: ValueError: the round diverged" in report
+    assert f"glora sweep {store / 'sweep.yaml'} --store {store}" in report
+    assert "Seeds: 0, 1" in report
+    links = [line[line.index("(") + 1:-1] for line in report.splitlines() if line.startswith("![")]
+    assert links == ["report_plots/1-data_global_accuracy_rounds.png",
+                     "report_plots/1-data_global_accuracy_vs_MB.png",
+                     "report_plots/1-data_server_ms.png"]
+    assert all((store / link).stat().st_size > 1000 for link in links)
+
+
+def test_a_table_per_metric_and_a_failed_cell(tmp_path, capsys):
+    store = hand_made_store(tmp_path / "store")
+    for seed in (0, 1):  # glora in setting b: both seeds failed
+        run = store / "b" / "glora" / f"seed_{seed}"
+        (run / "result.json").unlink()
+        (run / "error.txt").write_text("RuntimeError: out of memory\n")
+    out = tmp_path / "elsewhere" / "sweep.md"
+    assert main(["report", str(store), "--out", str(out),
+                 "--metric", "global_f1,global_accuracy"]) == 0
+    report = out.read_text()
+    assert report.index("### `global_f1`") < report.index("### `global_accuracy`")
+    assert table_rows(report, "global_f1")["a"][0] == "**0.4250 ± 0.0354 (n=2)**"
+    assert table_rows(report, "global_accuracy")["b"][:2] == ["failed", "not run"]
+    assert "- `b`: no GLoRA variant has finished; best was `fedit` with 0.9000." in report
+    assert len(list((tmp_path / "elsewhere" / "sweep_plots").glob("*.png"))) == 5
+
+
+def test_bad_metric_or_store_names_the_problem(tmp_path):
+    store = hand_made_store(tmp_path / "store")
+    with pytest.raises(ConfigError, match=r"`--metric`: \['accuracy'\].*available: "
+                                          r"\['global_accuracy', 'global_f1'\]"):
+        write_report(store, metrics="accuracy")
+    with pytest.raises(ConfigError, match="sweep.yaml does not exist"):
+        write_report(tmp_path)
+
+
+# -- a real sweep ------------------------------------------------------------------------------
+def test_report_of_a_real_sweep(tmp_path, tiny_model_dir, tiny_csv, capsys):
+    file = write_sweep(tmp_path / "real.yaml", tiny_base(tiny_model_dir, tiny_csv),
+                       settings=[{"name": "iid", "group": "Partition"}], seeds=[0])
+    store = tmp_path / "store"
+    assert main(["sweep", str(file), "--store", str(store), "--jobs", "1"]) == 0
+    assert main(["report", str(store)]) == 0
+    report = (store / "report.md").read_text()
+    (row,) = table_rows(report, "global_accuracy").values()
+    glora, fedit = (cell.replace("**", "") for cell in row)
+    assert glora.endswith("(n=1)") and fedit.endswith("(n=1) †")  # fedit ran at one rank
+    assert "**" in row[0] + row[1]  # the best is bold
+    assert len(list((store / "report_plots").glob("*.png"))) == 3
