@@ -63,7 +63,7 @@ class TrainConfig:
 
     rounds: int = 8
     local_steps: int = 5
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 5e-3
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 0.0
@@ -79,6 +79,7 @@ class EvalConfig:
 
     every: int = 2  # rounds between evaluations (the last round is always evaluated)
     batch_size: int = 128
+    baseline: bool = False  # also score the untuned pretrained model once (the table's first row)
 
 
 @dataclass

@@ -41,6 +41,7 @@ class Cell:
     failed: int = 0
     planned: bool = True  # False: the setting does not run this variant
     equal_rank: str | None = None  # the label, where the method ran every client at one rank
+    pending: int = 0  # seeds neither finished nor failed yet
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float | None]:
@@ -71,7 +72,8 @@ def cell_text(cell: Cell, bold: bool = False) -> str:
     if not cell.values:
         return "failed" if cell.failed else "n/a" if cell.finished else "pending"
     mean, std = mean_std(cell.values)
-    n = f"n={len(cell.values)}" + (f"; {cell.failed} failed" if cell.failed else "")
+    n = f"n={len(cell.values)}" + (f"; {cell.failed} failed" if cell.failed else "") \
+        + (f"; {cell.pending} pending" if cell.pending else "")
     text = f"{mean:.4f} ± {std:.4f} ({n})" if std is not None else f"{mean:.4f} ({n})"
     text = f"**{text}**" if bold else text
     return f"{text} {MARK}" if cell.equal_rank else text
@@ -180,7 +182,8 @@ def make_cell(outcomes: list[Outcome], metric: str, planned: bool = True) -> Cel
     labels = {r["label"] for r in results if r["label"] != r["method"]}
     return Cell(tuple(r["summary"][metric] for r in results if metric in r["summary"]),
                 len(results), sum(o.error is not None for o in outcomes), planned,
-                ", ".join(sorted(labels)) or None)
+                ", ".join(sorted(labels)) or None,
+                sum(o.result is None and o.error is None for o in outcomes))
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -115,9 +115,10 @@ class Sweep:
     settings: list[Setting]
 
     def runs(self, store: Path) -> list[Run]:
-        """Every run, setting by setting, variant by variant, seed by seed."""
+        """Every run, seed by seed (then setting by setting, variant by variant): a sweep stopped
+        part-way has covered every cell once before it repeats any with another seed."""
         return [Run(s, v, self.variants[v].method, k, store / s.name / v / f"seed_{k}")
-                for s in self.settings for v in s.variants for k in self.seeds]
+                for k in self.seeds for s in self.settings for v in s.variants]
 
     def overrides(self, run: Run) -> list[str]:
         """The ``key=value`` list that :func:`load_config` turns into the run's config."""

@@ -111,3 +111,18 @@ def test_missing_column_names_the_file_and_column(tiny_config, tmp_path):
     bad.write_text("sentence,label\nfine movie,1\n")
     with pytest.raises(ConfigError, match=r"bad.csv.*no column `text`"):
         run_experiment(tiny_config(f"data.dataset={bad}", "data.test_file=null"), export=False)
+
+
+def test_baseline_row_scores_the_untuned_model_once(tiny_config, tmp_path):
+    """``eval.baseline``: the first table row is the pretrained model with no adapter, scored
+    like every round's global model; a resumed run reads it back instead of scoring it again."""
+    cfg = tiny_config("eval.baseline=true", "train.rounds=1")
+    rows = run_experiment(cfg, export=False)
+    assert [r["method"] for r in rows] == ["untuned (zero-shot)", "glora"]
+    untuned = prepare(cfg).evaluate({}, {}, prefix="global_")
+    assert rows[0]["global_accuracy"] == untuned["global_accuracy"]
+    assert rows[0]["global_loss"] == pytest.approx(untuned["global_loss"], rel=1e-6)
+    saved = Path(cfg.output_dir) / "untuned.json"
+    saved.write_text(json.dumps({**rows[0], "global_accuracy": -1.0}))  # marks a reread
+    again = run_experiment(cfg, resume=True, export=False)
+    assert again[0]["global_accuracy"] == -1.0

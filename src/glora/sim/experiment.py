@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from pathlib import Path
@@ -11,12 +12,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from glora.config import ExperimentConfig, save_config
-from glora.sim.prepare import prepare
+from glora.sim.checkpoint import write_text_atomic
+from glora.sim.prepare import Prepared, prepare
 from glora.server import RunState
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 
 log = logging.getLogger("glora.sim")
+UNTUNED = "untuned (zero-shot)"
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int | None = None,
@@ -26,7 +29,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     prepared = prepare(cfg)
-    rows = []
+    rows = [untuned_row(prepared, out)] if cfg.eval.baseline else []
     with ClientExecutor(prepared.model_spec, cfg.workers) as executor:
         for method in cfg.methods:
             sim = Simulation(cfg, method, prepared, out / method, executor)
@@ -50,6 +53,19 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int 
 
     plot_metric(out, cfg.methods, out / "metric_per_round.png")
     return rows
+
+
+def untuned_row(prepared: Prepared, out: Path) -> dict[str, Any]:
+    """The pretrained model without any adapter (zero-shot), scored once and kept in
+    ``untuned.json`` so a resumed run does not score it again."""
+    path = out / "untuned.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    started = time.perf_counter()
+    row = {"method": UNTUNED, "rounds": 0, **prepared.evaluate({}, {}, prefix="global_"),
+           "wall_seconds": time.perf_counter() - started}
+    write_text_atomic(path, json.dumps(row))
+    return row
 
 
 def summarize(label: str, state: RunState, seconds: float) -> dict[str, Any]:
