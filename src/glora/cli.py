@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     except GloraError as err:
         print(f"glora: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nglora: interrupted; finished rounds are checkpointed: rerun the same command "
+              "with --resume (`glora sweep` resumes by itself).", file=sys.stderr)
+        return 130
     return 0
 
 

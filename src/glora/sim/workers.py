@@ -31,11 +31,7 @@ def _init(model_spec: dict[str, Any]) -> None:
 
 
 def _run(task: Any) -> Any:
-    from glora.client.train import train_client
-
-    if hasattr(_CACHE, "train_client"):  # a cache with its own training (glora.lm)
-        return _CACHE.train_client(task)
-    return train_client(_CACHE, task)
+    return _CACHE.train_client(task)
 
 
 class ClientExecutor:
