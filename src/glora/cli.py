@@ -53,7 +53,7 @@ def _gauge(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     inits = [i.strip() for i in args.init.split(",") if i.strip()]
-    run_gauge(cfg, (args.cond_min, args.cond_max), inits)
+    run_gauge(cfg, (args.cond_min, args.cond_max), inits, resume=args.resume)
     out = Path(cfg.output_dir) / "gauge"
     print()
     print((out / "gauge.md").read_text())
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="smallest condition number of a client's gauge (default 1)")
     gauge.add_argument("--cond-max", type=float, default=1000.0,
                        help="largest condition number of a client's gauge (default 1000)")
+    gauge.add_argument("--resume", action="store_true",
+                       help="continue from the runs' checkpoints (finished runs are read back)")
     gauge.add_argument("--init", default="shared,independent",
                        help="comma-separated train.init modes to run (default shared,independent)")
     gauge.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.rounds=3")

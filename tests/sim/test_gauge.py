@@ -186,6 +186,12 @@ def test_gauge_command_writes_a_row_per_method_and_init(tiny_config, tiny_model_
     by = {(r["method"], r["init"]): float(r["update_change_max"]) for r in rows}
     assert by[("glora", "shared")] < 1e-4 < 1e-2 < by[("fedit (all r=2)", "shared")]
     assert by[("ffa (all r=2)", "independent")] > 1e-2
+    assert {"global_loss_untouched", "global_loss_gauged", "global_loss_difference"} <= set(rows[0])
+    # --resume reads the finished runs back (no round runs again: the checkpoints stay as they were)
+    stamp = (out / "shared" / "glora" / "gauged" / "checkpoint.pt").stat().st_mtime_ns
+    assert main(["gauge", "--resume", "--cond-min", "100", "--cond-max", "1000", *overrides]) == 0
+    assert list(csv.DictReader(open(out / "gauge.csv"))) == rows
+    assert (out / "shared" / "glora" / "gauged" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("args, message", [

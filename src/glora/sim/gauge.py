@@ -197,8 +197,10 @@ def check_options(cond_range: tuple[float, float], inits: list[str]) -> None:
 
 
 def run_gauge(cfg: ExperimentConfig, cond_range: tuple[float, float] = (1.0, 1000.0),
-              inits: list[str] | None = None) -> list[dict[str, Any]]:
+              inits: list[str] | None = None, resume: bool = False) -> list[dict[str, Any]]:
     """Every method of ``cfg`` and init mode, untouched and gauged; write and return the rows.
+
+    ``resume``: continue every run from its checkpoint (finished runs are only read back).
 
     Results go to ``<output_dir>/gauge/<init>/<method>/{plain,gauged}/`` (each with its
     ``metrics.jsonl``), the table to ``<output_dir>/gauge/gauge.md`` and ``gauge.csv``.
@@ -224,25 +226,28 @@ def run_gauge(cfg: ExperimentConfig, cond_range: tuple[float, float] = (1.0, 100
                                           cond_range)
                 for name, sim in (("plain", plain), ("gauged", gauged)):
                     bar.set_description(f"{sim.label} {init} {name}")
-                    sim.run(progress=lambda record: bar.update())
-                rows.append(_row(plain, gauged, init, metric))
+                    sim.run(resume=resume, progress=lambda record: bar.update())
+                rows.append(_row(plain, gauged, init, [metric, "global_loss"]))
     bar.close()
     write_gauge_table(rows, out, cond_range, metric)
     return rows
 
 
-def _row(plain: Simulation, gauged: Simulation, init: str, metric: str) -> dict[str, Any]:
-    """One table row: the largest update change, round 1's, and the final metric both ways."""
+def _row(plain: Simulation, gauged: Simulation, init: str, metrics: list[str]) -> dict[str, Any]:
+    """One table row: the largest update change, round 1's, and each final metric both ways
+    (the loss too: it moves where an accuracy does not)."""
     history = gauged.server.state.history
-    untouched = summarize(plain.label, plain.server.state, 0.0).get(metric)
-    with_gauge = summarize(gauged.label, gauged.server.state, 0.0).get(metric)
-    return {"method": plain.label, "init": init,
-            "update_change_max": max(h[CHANGE_MAX] for h in history),
-            "update_change_round1": history[0][CHANGE_MAX],
-            "rounding_floor": max(h[FLOOR] for h in history),
-            f"{metric}_untouched": untouched, f"{metric}_gauged": with_gauge,
-            "difference": None if untouched is None or with_gauge is None
-            else with_gauge - untouched}
+    row: dict[str, Any] = {"method": plain.label, "init": init,
+                           "update_change_max": max(h[CHANGE_MAX] for h in history),
+                           "update_change_round1": history[0][CHANGE_MAX],
+                           "rounding_floor": max(h[FLOOR] for h in history)}
+    for metric in dict.fromkeys(metrics):
+        untouched = summarize(plain.label, plain.server.state, 0.0).get(metric)
+        with_gauge = summarize(gauged.label, gauged.server.state, 0.0).get(metric)
+        row.update({f"{metric}_untouched": untouched, f"{metric}_gauged": with_gauge,
+                    f"{metric}_difference": None if untouched is None or with_gauge is None
+                    else with_gauge - untouched})
+    return row
 
 
 def gauge_note(cond_range: tuple[float, float], metric: str) -> str:
@@ -257,8 +262,8 @@ def gauge_note(cond_range: tuple[float, float], metric: str) -> str:
         "`rounding_floor`: the same ratio for the exact average `sum p_i s_i B_i A_i` of the "
         "clients' gauged float32 factors, what an exactly gauge-invariant server would show "
         "from rounding alone (max over layers and rounds). "
-        f"`{metric}`: the final global model of the run without and with gauges (same seeds and "
-        "data). FFA-LoRA freezes a shared `A` that clients never upload: a gauging client uploads "
+        f"`{metric}`, `global_loss`: the final global model of the run without and with gauges "
+        "(same seeds and data). FFA-LoRA freezes a shared `A` that clients never upload: a gauging client uploads "
         "`B M` and the server keeps its `A`, so its update changes; FFA-LoRA also keeps that "
         "shared `A` under `init=independent`.")
 
