@@ -101,7 +101,7 @@ class GLoRAState(ServerState):
 
 #: Elements of one slab of ``Z`` (rows of every client's scaled basis) held while the Gram matrix
 #: is accumulated; each slab is rebuilt from the clients' coordinates, so ``Z`` is never whole.
-SLAB_ELEMENTS = 3 * 2**17
+SLAB_ELEMENTS = 2**18
 #: Column blocks of the Gram matrix; the blocks above the diagonal are not computed.
 GRAM_BLOCKS = 4
 
@@ -160,7 +160,7 @@ def _gram(spaces: list[ClientSpace]) -> Tensor:
 
 
 #: Clients whose bases are built in one batched product (bounds its float64 scratch).
-BATCH = 16
+BATCH = 8
 
 
 def _batches(spaces: list[ClientSpace]) -> list[tuple[list[Tensor], Tensor]]:
