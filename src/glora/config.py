@@ -271,19 +271,27 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty file: ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping (``what`` names it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist.")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {str(p)!r} must hold a mapping at the top level.")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides; validated as a whole."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist.")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level.")
+    raw = {} if path is None else read_yaml_mapping(path, "config file")
     raw = _merge(raw, parse_overrides(overrides or []))
     problems: list[str] = []
     cfg = _build(ExperimentConfig, raw, "", problems)

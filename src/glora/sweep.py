@@ -52,7 +52,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from glora.aggregation import methods
-from glora.config import ExperimentConfig, load_config, parse_overrides
+from glora.config import ExperimentConfig, load_config, parse_overrides, read_yaml_mapping
 from glora.errors import ConfigError
 from glora.sim.checkpoint import write_text_atomic
 from glora.sim.plots import read_history
@@ -159,15 +159,7 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
     naming the key; an unreadable file raises :class:`ConfigError` at once.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"sweep file {str(path)!r} must hold a mapping with keys "
-                          f"{list(_TOP_KEYS)}.")
+    raw = read_yaml_mapping(path, "sweep file")
     problems = [f"unknown key `{k}`; allowed keys: {list(_TOP_KEYS)}." for k in raw
                 if k not in _TOP_KEYS]
     name = raw.get("name", path.stem)
