@@ -65,6 +65,9 @@ class TrainConfig:
     local_steps: int = 5
     batch_size: int = 8
     lr: float = 5e-3
+    # The classification head's rate (null: `lr`). A fresh head on label-skewed clients is what
+    # Adam moves most per step; a lower rate keeps the averaged head from flipping classes.
+    head_lr: float | None = None
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 0.0
     participation: float = 1.0  # fraction of clients sampled per round
@@ -205,6 +208,8 @@ def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
         problems.append(f"`data.alpha` must be positive, got {cfg.data.alpha}.")
     if cfg.train.lr <= 0:
         problems.append(f"`train.lr` must be positive, got {cfg.train.lr}.")
+    if cfg.train.head_lr is not None and cfg.train.head_lr <= 0:
+        problems.append(f"`train.head_lr` must be positive or null, got {cfg.train.head_lr}.")
     _validate_server(cfg, problems)
     if len(set(cfg.lora.ranks)) > 1 and cfg.lora.equal_rank == "error":
         fixed = [m for m in cfg.methods if m in known and not get_method(m).mixed_ranks]

@@ -104,7 +104,7 @@ class FederatedServer:
                 head=model.start_head(local), base=model.base, frozen=self.spec.frozen,
                 data=(), steps=self.cfg.train.local_steps, batch_size=self.cfg.train.batch_size,
                 lr=self.cfg.train.lr, optimizer=self.cfg.train.optimizer,
-                weight_decay=self.cfg.train.weight_decay))
+                weight_decay=self.cfg.train.weight_decay, head_lr=self.cfg.train.head_lr))
         return tasks
 
     def aggregate(self, results: list, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -43,6 +43,21 @@ def test_training_changes_the_adapter_and_reduces_the_loss(cache: ModelCache, se
     assert result.num_examples == 48 and result.client_id == 3 and result.seconds > 0
 
 
+def test_head_has_its_own_learning_rate(cache: ModelCache, sentiment):
+    """``head_lr`` moves the head alone: SGD moves each parameter in proportion to its rate."""
+    weight = "base_model.model.classifier.weight"
+    base = dict(steps=1, optimizer="sgd", lr=1e-2)
+    same = train_client(cache, make_task(sentiment, **base))
+    slow = train_client(cache, make_task(sentiment, head_lr=1e-3, **base))
+    for k in same.adapter:
+        assert torch.equal(same.adapter[k], slow.adapter[k])
+    moved = lambda r: r.head[weight] - cache.head_init[weight]  # noqa: E731
+    assert torch.allclose(moved(slow), 0.1 * moved(same), rtol=1e-2, atol=1e-7)  # float32 sums
+    assert float(moved(same).abs().max()) > 0
+    with pytest.raises(ValueError, match="`head_lr` must be a positive number"):
+        make_task(sentiment, head_lr=0.0)
+
+
 def test_same_task_gives_identical_results_whatever_ran_before(cache: ModelCache, sentiment,
                                                                tiny_model_dir: str):
     task = make_task(sentiment)

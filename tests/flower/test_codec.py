@@ -39,7 +39,7 @@ def make_task(**changes: object) -> TrainTask:
                  LAYER + ".lora_B.weight": torch.randn(32, 4, generator=g)},
         head={HEAD: torch.randn(2, 32, generator=g, dtype=torch.float64)},
         base={LAYER: torch.randn(32, 32, generator=g)}, frozen=("A",), data=data(), steps=5,
-        batch_size=8, lr=3e-4, optimizer="sgd", weight_decay=0.01)
+        batch_size=8, lr=3e-4, optimizer="sgd", weight_decay=0.01, head_lr=1e-4)
     return dataclasses.replace(task, **changes)
 
 
@@ -66,7 +66,7 @@ def assert_tasks_equal(a: TrainTask, b: TrainTask) -> None:
 @pytest.mark.parametrize("changes", [
     {},
     {"adapter": None, "head": None, "base": {}, "frozen": ()},  # a fresh start
-    {"frozen": ("A", "B"), "optimizer": "adamw", "weight_decay": 0.0},
+    {"frozen": ("A", "B"), "optimizer": "adamw", "weight_decay": 0.0, "head_lr": None},
 ], ids=["warm", "fresh", "frozen-both"])
 def test_task_round_trip(changes: dict[str, object]) -> None:
     # Prepare
@@ -107,7 +107,8 @@ def test_codec_covers_every_field() -> None:
     """A field added to TrainTask or TrainResult must be added to the wire format too."""
     task_fields = {f.name for f in dataclasses.fields(TrainTask)}
     result_fields = {f.name for f in dataclasses.fields(TrainResult)}
-    assert task_fields == {*codec.TASK_SCALARS, *codec.TASK_TENSORS, "frozen", "data"}
+    assert task_fields == {*codec.TASK_SCALARS, *codec.TASK_OPTIONAL, *codec.TASK_TENSORS,
+                           "frozen", "data"}
     assert result_fields == {*codec.RESULT_SCALARS, *codec.RESULT_TENSORS}
 
 

@@ -39,6 +39,7 @@ class TrainTask:
         frozen: factors not trained, from ``("A", "B")`` (FFA-LoRA freezes ``A``).
         data: ``(input_ids, attention_mask[, token_type_ids], labels)`` of the client's examples.
         steps, batch_size, lr, optimizer, weight_decay: the local optimization.
+        head_lr: learning rate of the classification head (``None``: ``lr``).
     """
 
     client_id: int
@@ -56,14 +57,17 @@ class TrainTask:
     lr: float
     optimizer: str = "adamw"
     weight_decay: float = 0.0
+    head_lr: float | None = None
 
     def __post_init__(self) -> None:
         problems = [f"`{name}` must be a positive integer, got {value!r}."
                     for name, value in (("rank", self.rank), ("steps", self.steps),
                                         ("batch_size", self.batch_size))
                     if isinstance(value, bool) or not isinstance(value, int) or value < 1]
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            problems.append(f"`lr` must be a positive number, got {self.lr!r}.")
+        for name, value in (("lr", self.lr), ("head_lr", 1.0 if self.head_lr is None
+                                              else self.head_lr)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                problems.append(f"`{name}` must be a positive number, got {value!r}.")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"`optimizer` must be one of {list(OPTIMIZERS)}, "
                             f"got {self.optimizer!r}.")
@@ -154,16 +158,18 @@ def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
     cache.load_base(adapter.base_layers, task.base)
 
     frozen = tuple(LORA_A if f == "A" else LORA_B for f in task.frozen)
-    trainable = [p for k, p in sorted(adapter.lora.items()) if not k.endswith(frozen)]
-    trainable += [p for _, p in sorted(adapter.head.items())]
+    groups = [{"params": [p for k, p in sorted(adapter.lora.items()) if not k.endswith(frozen)]},
+              {"params": [p for _, p in sorted(adapter.head.items())],
+               "lr": task.lr if task.head_lr is None else task.head_lr}]
     model = adapter.model.requires_grad_(False)
-    for p in trainable:
-        p.requires_grad_(True)
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
     if task.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=task.lr,
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=task.lr,
                                                        weight_decay=task.weight_decay)
     else:
-        opt = torch.optim.SGD(trainable, lr=task.lr, weight_decay=task.weight_decay)
+        opt = torch.optim.SGD(groups, lr=task.lr, weight_decay=task.weight_decay)
 
     batch_seed, dropout_seed = np.random.SeedSequence(
         [task.seed, task.round, task.client_id]).generate_state(2)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # importing the trainer loads transformers: keep partition qu
 TASK_SCALARS = {"client_id": "client-id", "round": "round", "rank": "rank", "seed": "seed",
                 "init_seed": "init-seed", "steps": "steps", "batch_size": "batch-size",
                 "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight-decay"}
+#: TrainTask scalar fields that may be ``None`` (then left out of the record).
+TASK_OPTIONAL = {"head_lr": "head-lr"}
 #: TrainTask tensor-dict fields (``adapter`` and ``head`` may be ``None``).
 TASK_TENSORS = ("adapter", "head", "base")
 #: TrainResult scalar field -> MetricRecord key (``num-examples`` is Flower's default weight key).
@@ -57,6 +59,8 @@ def encode_task(task: TrainTask) -> RecordDict:
     """A task as message content (without ``data``)."""
     config = ConfigRecord({key: getattr(task, name) for name, key in TASK_SCALARS.items()})
     config["frozen"] = list(task.frozen)
+    config.update({key: getattr(task, name) for name, key in TASK_OPTIONAL.items()
+                   if getattr(task, name) is not None})
     content = RecordDict({TASK: config})
     for name in TASK_TENSORS:
         value = getattr(task, name)
@@ -78,6 +82,7 @@ def decode_task(content: RecordDict, data: tuple[Tensor, ...]) -> TrainTask:
     if missing:
         raise CodecError(f"train message lacks task fields {missing}.")
     scalars = {name: config[key] for name, key in TASK_SCALARS.items()}
+    scalars.update({name: config.get(key) for name, key in TASK_OPTIONAL.items()})
     return TrainTask(**scalars, frozen=tuple(config["frozen"]), data=data,
                      adapter=_tensors(content, "adapter"), head=_tensors(content, "head"),
                      base=_tensors(content, "base") or {})
