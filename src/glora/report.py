@@ -216,7 +216,9 @@ def _header(sweep: Sweep, outcomes: list[Outcome], store: Path, metrics: list[st
             f"{len(outcomes) - done - failed} not yet run. Metric: final "
             + ", ".join(f"`{m}`" for m in metrics)
             + ", mean ± sample std over seeds (n = seeds that finished); best mean per row in "
-            "bold (lowest for a loss, else highest).", ""]
+            "bold (lowest for a loss, else highest). A cell with n=1 has no error bar: a "
+            "difference between such cells, and the sentence under a table that ranks them, is "
+            "one draw, not evidence.", ""]
 
 
 def _group(sweep: Sweep, outcomes: list[Outcome], group: str, metrics: list[str], plots: Path,
