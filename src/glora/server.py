@@ -63,7 +63,7 @@ class FederatedServer:
         self.spec = get_method(method)
         self.ranks, self.label = plan.method_ranks(cfg, method)
         self.examples = examples
-        self.state = RunState(GlobalModel(method, dict(cfg.method_options.get(method, {}))),
+        self.state = RunState(GlobalModel(method, plan.method_options(cfg, method, self.ranks)),
                               schema=schema)
         self._asked: tuple[int, set[int]] = (-1, set())  # (round, clients) of the last configure
 

@@ -93,6 +93,20 @@ def test_participation_samples_a_fraction_of_clients(tiny_config):
     assert [len(r["clients"]) for r in rounds] == [2, 2]
 
 
+def test_server_rank_is_the_runs_largest_under_partial_participation(tiny_config):
+    """One client a round (ranks 2, 4 cycled): a round of only rank-2 clients must still give a
+    state that serves the rank-4 clients of the next (HetLoRA hands down truncated factors)."""
+    cfg = tiny_config("train.participation=0.25", "train.rounds=4", "methods=[hetlora,glora]",
+                      "method_options={glora: {rank: 3}}")
+    rows = run_experiment(cfg, export=False)
+    assert [r["rounds"] for r in rows] == [4, 4]
+    ranks = {Simulation(cfg, m, prepare(cfg), Path(cfg.output_dir) / m, lambda t: []).server
+             .state.model.options["rank"] for m in ("hetlora", "glora")}
+    assert ranks == {4, 3}  # the largest client rank by default; the user's where given
+    sizes = [r["clients"] for r in history(Path(cfg.output_dir), "hetlora")]
+    assert {len(c) for c in sizes} == {1} and {c[0] % 2 for c in sizes} == {0, 1}
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["methods=[fedavg]"], "unknown method 'fedavg'"),
     (["lora.ranks=[2,64]"], "rank 64 is larger than layer"),

@@ -6,6 +6,7 @@ what an uninterrupted one would, whatever process executes a client.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -30,6 +31,18 @@ def method_ranks(cfg: ExperimentConfig, method: str) -> tuple[list[int], str]:
         return ranks, method
     r = min(ranks) if cfg.lora.equal_rank == "min" else max(ranks)
     return [r] * len(ranks), f"{method} (all r={r})"
+
+
+def method_options(cfg: ExperimentConfig, method: str, ranks: list[int]) -> dict:
+    """The method's options from ``method_options``, with its server ``rank`` (where it has one)
+    set to the largest client rank of the run unless given: the rank of the round's largest
+    participant would change between rounds under partial participation, and a state of rank 8
+    cannot serve a rank-16 client that a factor-handing method (HetLoRA) must truncate for."""
+    options = dict(cfg.method_options.get(method, {}))
+    fields = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
+    if "rank" in fields and options.get("rank") is None:
+        options["rank"] = max(ranks)
+    return options
 
 
 def lora_scaling(cfg: ExperimentConfig, rank: int) -> float:
