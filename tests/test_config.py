@@ -28,6 +28,14 @@ def test_overrides_are_dotted_and_parsed_as_yaml():
     assert cfg.method_options == {"glora": {"consensus": "energy"}}
 
 
+def test_exponent_floats_are_floats():
+    """PyYAML reads ``2e-3`` as text; a float key takes it, a text key keeps it as text."""
+    cfg = load_config(None, ["train.lr=2e-3", "train.head_lr=1E-4", "output_dir=1e-3"])
+    assert cfg.train.lr == 2e-3 and cfg.train.head_lr == 1e-4 and cfg.output_dir == "1e-3"
+    with pytest.raises(ConfigError, match="`train.lr` must be of type float, got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+
+
 def test_saved_config_reruns_identically(tmp_path):
     cfg = load_config(None, ["train.rounds=2", "lora.ranks=[4,8]"])
     save_config(cfg, tmp_path / "c.yaml")

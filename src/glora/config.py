@@ -68,6 +68,8 @@ class TrainConfig:
     # The classification head's rate (null: `lr`). A fresh head on label-skewed clients is what
     # Adam moves most per step; a lower rate keeps the averaged head from flipping classes.
     head_lr: float | None = None
+    # `constant`, or `cosine`: the rates decay over the rounds (glora.sim.plan.round_lr).
+    lr_schedule: str = "cosine"
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 0.0
     participation: float = 1.0  # fraction of clients sampled per round
@@ -124,8 +126,13 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
+#: Keys added after runs were stored, with the value those runs had (a saved config without the
+#: key ran that way): the sweep compares a stored run's config with this filled in.
+IMPLIED_BEFORE = {"train.lr_schedule": "constant"}
+
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
+           "train.lr_schedule": ("constant", "cosine"),
            "train.init": ("shared", "independent")}
 
 
@@ -149,6 +156,19 @@ def _check_type(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+def _as_float(value: Any, tp: Any) -> Any:
+    """``value`` as a float where ``tp`` takes one and ``value`` is a number written as text.
+
+    YAML 1.1 (PyYAML) reads ``2e-3`` (no dot in the mantissa) as a string, not a float.
+    """
+    if isinstance(value, str) and _check_type(1.0, tp):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -164,7 +184,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> 
                 problems.append(f"`{path}` must be a mapping of {sorted(f.name for f in dataclasses.fields(tp))}.")
                 continue
             kwargs[key] = _build(tp, value, path + ".", problems)
-        elif not _check_type(value, tp):
+            continue
+        value = _as_float(value, tp)
+        if not _check_type(value, tp):
             problems.append(f"`{path}` must be of type {getattr(tp, '__name__', tp)}, got {value!r}.")
         else:
             kwargs[key] = float(value) if tp is float else value

@@ -94,6 +94,7 @@ class FederatedServer:
         clients = plan.sample_clients(self.cfg, t) if clients is None else clients
         model = self.state.model
         self._asked = (t, set(clients))
+        lr, head_lr = plan.round_lr(self.cfg, t)
         tasks = []
         for c in clients:
             local = self.state.local.get(c)
@@ -103,8 +104,8 @@ class FederatedServer:
                 adapter=model.start_adapter(self.ranks[c], self.scaling(c), local),
                 head=model.start_head(local), base=model.base, frozen=self.spec.frozen,
                 data=(), steps=self.cfg.train.local_steps, batch_size=self.cfg.train.batch_size,
-                lr=self.cfg.train.lr, optimizer=self.cfg.train.optimizer,
-                weight_decay=self.cfg.train.weight_decay, head_lr=self.cfg.train.head_lr))
+                lr=lr, optimizer=self.cfg.train.optimizer,
+                weight_decay=self.cfg.train.weight_decay, head_lr=head_lr))
         return tasks
 
     def aggregate(self, results: list, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -52,7 +52,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from glora.aggregation import methods
-from glora.config import ExperimentConfig, load_config, parse_overrides, read_yaml_mapping
+from glora.config import (IMPLIED_BEFORE, ExperimentConfig, load_config, parse_overrides,
+                          read_yaml_mapping)
 from glora.errors import ConfigError
 from glora.sim.checkpoint import write_text_atomic
 from glora.sim.plots import read_history
@@ -387,6 +388,7 @@ def _check_store(jobs: list[Job], store: Path) -> None:
         if not has_results or not (job.run.dir / "config.yaml").is_file():
             continue
         old = _flatten(yaml.safe_load((job.run.dir / "config.yaml").read_text()) or {})
+        old = {**IMPLIED_BEFORE, **old}
         new = _flatten(job.cfg.to_dict())
         changed = sorted(k for k in old.keys() | new.keys()
                          if k != "output_dir" and old.get(k) != new.get(k))

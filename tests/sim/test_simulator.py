@@ -140,3 +140,23 @@ def test_baseline_row_scores_the_untuned_model_once(tiny_config, tmp_path):
     saved.write_text(json.dumps({**rows[0], "global_accuracy": -1.0}))  # marks a reread
     again = run_experiment(cfg, resume=True, export=False)
     assert again[0]["global_accuracy"] == -1.0
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_round_learning_rates_follow_the_schedule(tiny_config, tmp_path, schedule):
+    """Every client of a round gets the round's rates; cosine halves them mid-run."""
+    cfg = tiny_config("train.rounds=4", "train.lr=0.02", "train.head_lr=0.002",
+                      f"train.lr_schedule={schedule}")
+    sim = Simulation(cfg, "glora", prepare(cfg), tmp_path / "run", lambda tasks: [])
+    rates = []
+    for round_ in range(4):
+        sim.server.state.model.round = round_
+        tasks = sim.server.configure()
+        assert len({(t.lr, t.head_lr) for t in tasks}) == 1
+        rates.append((tasks[0].lr, tasks[0].head_lr))
+    if schedule == "constant":
+        assert rates == [(0.02, 0.002)] * 4
+    else:
+        assert rates[0] == (0.02, 0.002)
+        assert rates[2] == pytest.approx((0.01, 0.001))
+        assert rates[1][0] > rates[2][0] > rates[3][0] > 0

@@ -106,6 +106,24 @@ def test_a_changed_config_is_refused_on_a_store_with_results(grid, capsys):
     assert err.count("`train.lr`") == 8  # every run is named
 
 
+def test_a_run_stored_before_a_key_existed_compares_with_the_value_it_ran_with(grid, capsys):
+    """A config saved before `train.lr_schedule` existed ran with a constant rate."""
+    file, store = grid
+    saved = store / "iid" / "glora" / "seed_0" / "config.yaml"
+    text = saved.read_text()
+    try:
+        cfg = yaml.safe_load(text)
+        assert cfg["train"].pop("lr_schedule") == "cosine"
+        saved.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        capsys.readouterr()
+        assert main(["sweep", "--dry-run", "--store", str(store), str(file)]) == 2
+        err = capsys.readouterr().err
+        assert "iid/glora/seed_0: `train.lr_schedule` 'constant' -> 'cosine'" in err
+        assert err.count("lr_schedule") == 1
+    finally:
+        saved.write_text(text)
+
+
 def test_jobs_2_runs_in_worker_processes_with_the_same_results(grid, tmp_path, tiny_model_dir,
                                                                tiny_csv):
     file = write_sweep(tmp_path / "two.yaml", tiny_base(tiny_model_dir, tiny_csv),

@@ -50,6 +50,20 @@ def lora_scaling(cfg: ExperimentConfig, rank: int) -> float:
     return cfg.lora.alpha / (math.sqrt(rank) if cfg.lora.rslora else rank)
 
 
+def round_lr(cfg: ExperimentConfig, round_: int) -> tuple[float, float | None]:
+    """The learning rate and head rate of ``round_`` (0-based) under ``train.lr_schedule``.
+
+    ``cosine`` decays both from their set values by ``(1 + cos(pi t / T)) / 2`` over the
+    ``T = train.rounds`` rounds, so late rounds take small steps and the final global model is
+    not left wherever one round's noisy client steps put it.
+    """
+    factor = 1.0
+    if cfg.train.lr_schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * round_ / cfg.train.rounds))
+    head = cfg.train.head_lr
+    return cfg.train.lr * factor, None if head is None else head * factor
+
+
 def sample_clients(cfg: ExperimentConfig, round_: int) -> list[int]:
     """The clients taking part in ``round_`` (sorted)."""
     n, k = cfg.data.num_clients, clients_per_round(cfg)
