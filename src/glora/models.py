@@ -55,8 +55,14 @@ def default_model_path() -> str:
 
 
 def resolve_model(model: str | None) -> str:
-    """``None`` -> the packaged MiniLM-L6 folder; anything else (path or hub id) unchanged."""
-    return default_model_path() if model is None else model
+    """``None`` -> the packaged MiniLM-L6 folder; the packaged SmolLM2's name
+    (``smollm2-135m-instruct``) or a ``.gguf`` file -> its float32 conversion (converted once,
+    :func:`glora.lm.models.resolve_lm`); anything else (path or hub id) unchanged."""
+    if model is None:
+        return default_model_path()
+    from glora.lm.models import DEFAULT_LM_NAME, resolve_lm
+
+    return resolve_lm(model) if model == DEFAULT_LM_NAME or model.endswith(".gguf") else model
 
 
 def load_tokenizer(model: str | None = None):  # -> transformers.PreTrainedTokenizerBase

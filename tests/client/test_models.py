@@ -29,6 +29,24 @@ def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.pretrained
+def test_packaged_smollm2_and_gguf_files_resolve_to_their_conversion(
+        monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """A classifier on the packaged causal LM (the larger backbone) loads from the same float32
+    conversion the instruction-tuning path caches; other names pass through."""
+    import glora.lm.models as lm
+
+    converted = []
+    monkeypatch.setattr(lm, "convert_gguf", lambda p: converted.append(p) or tmp_path / "f32")
+    monkeypatch.setattr(lm, "default_gguf", lambda: tmp_path / "packaged.gguf")
+    (tmp_path / "mine.gguf").write_bytes(b"")
+    assert models.resolve_model("smollm2-135m-instruct") == str(tmp_path / "f32")
+    assert models.resolve_model(str(tmp_path / "mine.gguf")) == str(tmp_path / "f32")
+    assert converted == [tmp_path / "packaged.gguf", tmp_path / "mine.gguf"]
+    assert models.resolve_model("prajjwal1/bert-tiny") == "prajjwal1/bert-tiny"
+    with pytest.raises(ConfigError, match="does not exist"):
+        models.resolve_model(str(tmp_path / "absent.gguf"))
+
+
 def test_default_model_loads_with_lora_on_query_and_value():
     cache = ModelCache(num_labels=3)
     assert len(cache.layers) == 12  # 6 layers x (query, value)

@@ -38,9 +38,10 @@ class ProcessWatch(threading.Thread):
         me = psutil.Process()
         while not self.done.is_set():
             for p in me.children(recursive=True):
-                if p.pid not in self.seen:
-                    with contextlib.suppress(psutil.Error):
-                        self.seen[p.pid] = (p, p.cmdline())
+                # read again every time: a child caught between fork and exec still shows its
+                # parent's command line
+                with contextlib.suppress(psutil.Error):
+                    self.seen[p.pid] = (self.seen.get(p.pid, (p,))[0], p.cmdline())
             time.sleep(0.1)
 
     def __enter__(self) -> ProcessWatch:
