@@ -24,6 +24,7 @@ EPILOG = """examples:
   glora gauge --cond-max 1000 methods=[glora,fedit]   # gauge-invariance check (docs/gauge.md)
   glora sweep --dry-run my_sweep.yaml         # list a sweep's runs (settings x variants x seeds)
   glora sweep --jobs 2 my_sweep.yaml train.rounds=4   # run what is missing; overrides apply to base
+  glora sweep --only iid,dirichlet_0.1 my_sweep.yaml   # only these settings' runs
   glora report runs/sweeps/my_sweep           # tables and plots: runs/sweeps/my_sweep/report.md
 """
 
@@ -63,7 +64,8 @@ def _gauge(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from glora.sweep import plan_sweep, run_plan
 
-    plan = plan_sweep(args.file, args.overrides, args.store)
+    only = [n.strip() for n in (args.only or "").split(",") if n.strip()]
+    plan = plan_sweep(args.file, args.overrides, args.store, only)
     if args.dry_run:
         print(plan.listing())
         return
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of the runs (default runs/sweeps/<FILE stem>)")
     sweep.add_argument("--jobs", type=int, default=2, metavar="N",
                        help="runs at a time, each a process with one torch thread (default 2)")
+    sweep.add_argument("--only", metavar="NAMES",
+                       help="comma-separated settings to run (default: all); the report shows "
+                       "the others as not run")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and which are done")
     sweep.add_argument("overrides", nargs="*",
                        help="key=value overrides of every run's base, e.g. train.rounds=3")

@@ -318,20 +318,27 @@ def default_store(path: str | Path) -> Path:
 
 
 def plan_sweep(path: str | Path, overrides: Sequence[str] = (),
-               store: str | Path | None = None) -> Plan:
+               store: str | Path | None = None, only: Sequence[str] = ()) -> Plan:
     """Read a sweep file and build every run's config; all problems at once.
+
+    ``only`` keeps the runs of these settings (a slow row left for later); the saved sweep file
+    still lists every setting, so the report shows the others as not run.
 
     Raises:
         ConfigError: the file's problems and every config problem, each naming the setting,
-            variant and key; or runs in ``store`` already hold results of another config.
+            variant and key; an unknown name in ``only``; or runs in ``store`` already hold
+            results of another config.
     """
     sweep, problems = read_sweep(path, overrides)
+    names = [s.name for s in sweep.settings]
+    problems += [f"`--only`: no setting {n!r} (the file has {', '.join(names)})"
+                 for n in only if n not in names]
     if sweep.base_config is not None and not Path(sweep.base_config).is_file():
         problems.append(f"`base_config`: {sweep.base_config!r} does not exist (a relative path "
                         "is read from the sweep file's folder).")
         sweep.base_config = None  # check the rest against the defaults
     store = Path(store) if store is not None else default_store(path)
-    runs = sweep.runs(store)
+    runs = [r for r in sweep.runs(store) if not only or r.setting.name in only]
     configs = _build_configs(sweep, runs, problems)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])

@@ -98,6 +98,17 @@ def test_a_second_call_runs_nothing_and_a_lost_result_reruns_alone(grid, capsys)
     assert json.loads(lost.read_text())["final"] == old["final"]  # resumed, not retrained
 
 
+def test_only_keeps_the_named_settings_and_an_unknown_name_is_refused(grid, capsys):
+    file, store = grid
+    capsys.readouterr()
+    assert main(["sweep", "--dry-run", "--only", "skewed", str(file), "--store", str(store)]) == 0
+    listing = capsys.readouterr().out.splitlines()[1:]
+    assert sorted(tuple(line.split()[:3]) for line in listing) == \
+        [("skewed", v, k) for v in ("fedit", "glora") for k in ("0", "1")]
+    assert main(["sweep", "--dry-run", "--only", "skewed,iid_typo", str(file)]) == 2
+    assert "`--only`: no setting 'iid_typo' (the file has iid, skewed)" in capsys.readouterr().err
+
+
 def test_a_changed_config_is_refused_on_a_store_with_results(grid, capsys):
     file, store = grid
     assert main(["sweep", "--dry-run", "--store", str(store), str(file), "train.lr=0.5"]) == 2
