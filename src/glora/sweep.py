@@ -52,10 +52,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from glora.aggregation import methods
+from glora.atomic import write_atomic
 from glora.config import (IMPLIED_BEFORE, ExperimentConfig, load_config, parse_overrides,
                           read_yaml_mapping)
 from glora.errors import ConfigError
-from glora.sim.checkpoint import write_text_atomic
 from glora.sim.plots import read_history
 
 log = logging.getLogger("glora.sweep")
@@ -492,4 +492,4 @@ def write_result(run: Run, row: dict[str, Any], seconds: float) -> None:
               "method": run.method, "label": row["method"], "seed": run.seed, "summary": row,
               "final": history[-1] if history else None, "wall_seconds": seconds,
               "command": f"glora run --config {run.dir / 'config.yaml'}"}
-    write_text_atomic(run.dir / RESULT, json.dumps(result, indent=1) + "\n")
+    write_atomic(run.dir / RESULT, json.dumps(result, indent=1) + "\n")

@@ -4,6 +4,7 @@ import io
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,23 @@ def test_extract_refuses_paths_outside_the_destination(tmp_path, member):
     archive = _tar_gz(tmp_path / "a.tar.gz", {member: b"x"})
     with pytest.raises(GloraError, match="not a plain relative path"):
         extract_members(archive, [member], tmp_path / "out")
+
+
+def test_parallel_extractions_of_one_member_all_read_it_whole(tmp_path):
+    """A sweep's parallel runs fill one cache: no run may see the member torn or empty."""
+    data = bytes(range(256)) * 20_000
+    archive = _tar_gz(tmp_path / "a.tar.gz", {"d/big.bin": data})
+    start, seen = threading.Barrier(4), []
+
+    def extract() -> None:
+        start.wait()
+        (path,) = extract_members(archive, ["d/big.bin"], tmp_path / "out")
+        seen.append(path.read_bytes() == data)
+
+    threads = [threading.Thread(target=extract) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [True] * 4
+    assert [p.name for p in (tmp_path / "out" / "d").iterdir()] == ["big.bin"]

@@ -1,5 +1,8 @@
 """The Rotten Tomatoes sentences: parsing (synthetic) and the real data from the vader archive."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -59,3 +62,18 @@ def test_later_loads_read_only_the_parsed_file(vader_cache, monkeypatch):
     monkeypatch.setattr(sentiment, "fetch_sdist", lambda *a: pytest.fail("archive fetched again"))
     monkeypatch.setattr(sentiment, "extract_members", lambda *a: pytest.fail("archive read again"))
     assert len(load_scores()[0]) == 10_605
+
+
+def test_an_empty_cached_parse_is_redone_and_an_empty_member_says_how_to_fix_it(
+        vader_session_cache, empty_cache):
+    """What parallel runs of earlier versions could leave: an empty member and an empty parse."""
+    shutil.copytree(vader_session_cache, empty_cache, dirs_exist_ok=True)  # no download
+    folder = empty_cache / sentiment.NAME
+    parsed = folder / "movie_review_snippets.json"
+    parsed.write_text(json.dumps({"format": sentiment._PARSED_FORMAT, "sentences": [],
+                                  "scores": []}))
+    assert len(load_scores()[0]) == 10_605  # parsed again from the extracted member
+    parsed.unlink()
+    (folder / sentiment.MEMBER).write_text("")
+    with pytest.raises(GloraError, match=f"holds no sentences.*Delete the folder {folder}"):
+        load_scores()

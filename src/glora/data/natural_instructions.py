@@ -19,7 +19,6 @@ training altogether and only evaluated (:func:`split_tasks`).
 from __future__ import annotations
 
 import json
-import os
 import re
 import tarfile
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glora.atomic import write_atomic
 from glora.errors import ConfigError, GloraError
 
 from .cache import _safe_relative, cache_dir, fetch_sdist
@@ -140,16 +140,14 @@ def extract_task_files(archive: Path, dest: Path) -> list[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             source = tar.extractfile(info)
             assert source is not None
-            partial = target.with_name("task.json.partial")
-            partial.write_bytes(source.read())
-            os.replace(partial, target)
+            write_atomic(target, source.read())
             found.append(task)
     if not found:
         raise GloraError(f"{archive} holds no Natural Instructions task (no member like "
                          f"'bigbench/benchmark_tasks/natural_instructions/subtask*/task.json'); "
                          f"delete it and fetch it again.")
     found.sort()
-    index.write_text(json.dumps({"tasks": found}, indent=1))
+    write_atomic(index, json.dumps({"tasks": found}, indent=1))
     return [dest / t / "task.json" for t in found]
 
 

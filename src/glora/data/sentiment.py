@@ -13,11 +13,11 @@ sentences rated close to neutral are dropped, because their sign is rater noise.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from glora.atomic import write_atomic
 from glora.errors import GloraError
 
 from .cache import cache_dir, extract_members, fetch_sdist
@@ -74,16 +74,16 @@ def load_scores() -> tuple[list[str], list[float]]:
     parsed = folder / "movie_review_snippets.json"
     if parsed.is_file():
         data = json.loads(parsed.read_text(encoding="utf-8"))
-        if data.get("format") == _PARSED_FORMAT:
+        if data.get("format") == _PARSED_FORMAT and data.get("sentences"):
             return data["sentences"], data["scores"]
     (nested,) = extract_members(fetch_sdist(*SOURCE), [NESTED_ARCHIVE], folder)
     (member,) = extract_members(nested, [MEMBER], folder)
     sentences, scores = parse_ground_truth(member.read_text(encoding="utf-8"))
-    partial = parsed.with_name(parsed.name + ".partial")
-    partial.write_text(json.dumps({"format": _PARSED_FORMAT, "source": "==".join(SOURCE),
-                                   "member": MEMBER, "sentences": sentences, "scores": scores}),
-                       encoding="utf-8")
-    os.replace(partial, parsed)
+    if not sentences:  # earlier versions could leave it empty when parallel runs extracted it
+        raise GloraError(f"{member} holds no sentences: the cache is damaged. Delete the folder "
+                         f"{folder} and run again (it is fetched anew).")
+    write_atomic(parsed, json.dumps({"format": _PARSED_FORMAT, "source": "==".join(SOURCE),
+                                     "member": MEMBER, "sentences": sentences, "scores": scores}))
     return sentences, scores
 
 

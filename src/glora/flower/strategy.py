@@ -28,10 +28,11 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from glora.atomic import write_atomic
 from glora.errors import AggregationError
 from glora.flower import codec
 from glora.server import FederatedServer
-from glora.sim import checkpoint, plan
+from glora.sim import plan
 
 EVAL_PREFIXES = ("global_", "personal_")
 
@@ -279,5 +280,5 @@ class GloraStrategy(Strategy):
     def _persist(self) -> None:
         """Checkpoint and ``metrics.jsonl``, both replaced atomically (as the simulator does)."""
         self.server.save(self.checkpoint_path)
-        checkpoint.write_text_atomic(self.out / "metrics.jsonl", "".join(
+        write_atomic(self.out / "metrics.jsonl", "".join(
             json.dumps(h) + "\n" for h in self.server.state.history))

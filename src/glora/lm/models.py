@@ -81,7 +81,8 @@ def convert_gguf(gguf: Path) -> Path:
     """Dequantize ``gguf`` to a float32 Hugging Face folder (model and tokenizer), once.
 
     The conversion is written to a temporary folder and renamed into place, so an interrupted
-    conversion never leaves a half-written model behind.
+    conversion never leaves a half-written model behind, and of parallel runs converting at once
+    the first rename wins.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,7 +97,11 @@ def convert_gguf(gguf: Path) -> Path:
                                                    dtype=torch.float32)
         plain_copy(net).save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # else a parallel run converted it first
+                raise
     except OSError as err:
         raise ConfigError(f"cannot convert GGUF model {str(gguf)!r}: {err}") from None
     finally:

@@ -11,10 +11,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from glora.atomic import write_atomic
 from glora.config import ExperimentConfig, save_config
-from glora.sim.checkpoint import write_text_atomic
-from glora.sim.prepare import Prepared, prepare
 from glora.server import RunState
+from glora.sim.prepare import Prepared, prepare
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 
@@ -64,7 +64,7 @@ def untuned_row(prepared: Prepared, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     row = {"method": UNTUNED, "rounds": 0, **prepared.evaluate({}, {}, prefix="global_"),
            "wall_seconds": time.perf_counter() - started}
-    write_text_atomic(path, json.dumps(row))
+    write_atomic(path, json.dumps(row))
     return row
 
 

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from glora.atomic import write_atomic
 from glora.config import ExperimentConfig
 from glora.errors import AggregationError
 from glora.server import FederatedServer
-from glora.sim import checkpoint
 from glora.sim.prepare import Prepared
 
 log = logging.getLogger("glora.sim")
@@ -90,5 +90,5 @@ class Simulation:
                                f"round {self.server.round}.")
 
     def _write_metrics(self) -> None:
-        checkpoint.write_text_atomic(self.out / "metrics.jsonl", "".join(
+        write_atomic(self.out / "metrics.jsonl", "".join(
             json.dumps(h) + "\n" for h in self.server.state.history))
