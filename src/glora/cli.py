@@ -64,8 +64,7 @@ def _gauge(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from glora.sweep import plan_sweep, run_plan
 
-    only = [n.strip() for n in (args.only or "").split(",") if n.strip()]
-    plan = plan_sweep(args.file, args.overrides, args.store, only)
+    plan = plan_sweep(args.file, args.overrides, args.store, _names(args.only))
     if args.dry_run:
         print(plan.listing())
         return
@@ -80,7 +79,12 @@ def _sweep(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from glora.report import write_report
 
-    print(f"report: {write_report(args.store, args.out, args.metric)}")
+    print(f"report: {write_report(args.store, args.out, args.metric, _names(args.only))}")
+
+
+def _names(text: str | None) -> list[str]:
+    """``--only a,b`` as a list of setting names."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -147,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", metavar="KEY[,KEY...]",
                         help="comma-separated metric keys, one table each (default: the first "
                         "global_* metric, e.g. global_accuracy)")
+    report.add_argument("--only", metavar="NAMES",
+                        help="comma-separated settings to report (default: all)")
     report.set_defaults(func=_report)
     return parser
 

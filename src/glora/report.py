@@ -15,13 +15,14 @@ drawing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from glora.errors import ConfigError
 from glora.sim.plots import read_history
@@ -156,6 +157,22 @@ def collect(store: Path) -> tuple[Sweep, list[Outcome]]:
     return sweep, outcomes
 
 
+def restrict(sweep: Sweep, outcomes: list[Outcome], only: Sequence[str]
+             ) -> tuple[Sweep, list[Outcome]]:
+    """The sweep and outcomes of the settings named in ``only``.
+
+    Raises:
+        ConfigError: a name is not a setting of the sweep.
+    """
+    names = [s.name for s in sweep.settings]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ConfigError(f"`--only`: no setting {', '.join(map(repr, unknown))} in this store "
+                          f"(its settings: {', '.join(names)}).")
+    kept = dataclasses.replace(sweep, settings=[s for s in sweep.settings if s.name in only])
+    return kept, [o for o in outcomes if o.run.setting.name in only]
+
+
 def choose_metrics(requested: str | None, outcomes: list[Outcome]) -> list[str]:
     """``--metric`` (a comma list) checked against the finished runs' metrics; by default the
     first ``global_*`` one."""
@@ -188,10 +205,15 @@ def make_cell(outcomes: list[Outcome], metric: str, planned: bool = True) -> Cel
 
 # -- the report --------------------------------------------------------------------------------
 def write_report(store: str | Path, out: str | Path | None = None,
-                 metrics: str | None = None) -> Path:
-    """Write the report of ``store`` (default ``<store>/report.md``) and its plots; its path."""
+                 metrics: str | None = None, only: Sequence[str] = ()) -> Path:
+    """Write the report of ``store`` (default ``<store>/report.md``) and its plots; its path.
+
+    ``only`` reports these settings alone (as ``glora sweep --only`` runs them).
+    """
     store = Path(store)
     sweep, outcomes = collect(store)
+    if only:
+        sweep, outcomes = restrict(sweep, outcomes, only)
     chosen = choose_metrics(metrics, outcomes)
     out = Path(out) if out is not None else store / "report.md"
     plots = out.parent / f"{out.stem}_plots"
@@ -199,7 +221,7 @@ def write_report(store: str | Path, out: str | Path | None = None,
     lines = _header(sweep, outcomes, store, chosen)
     for i, group in enumerate(dict.fromkeys(s.group for s in sweep.settings), 1):
         lines += _group(sweep, outcomes, group, chosen, plots, f"{i}-{_slug(group)}")
-    lines += _failures(outcomes) + _provenance(sweep, store)
+    lines += _failures(outcomes) + _provenance(sweep, store, only)
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -269,12 +291,13 @@ def _failures(outcomes: list[Outcome]) -> list[str]:
             "", "Rerun the sweep to retry them (from their last checkpoint).", ""]
 
 
-def _provenance(sweep: Sweep, store: Path) -> list[str]:
+def _provenance(sweep: Sweep, store: Path, only: Sequence[str] = ()) -> list[str]:
     pattern = store / "<setting>" / "<variant>" / "seed_<k>"
+    flag = f" --only {','.join(only)}" if only else ""
     return ["## How these numbers were obtained", "",
-            f"- The sweep: `glora sweep {store / SWEEP_FILE} --store {store}` (the resolved sweep "
-            "file: base config, overrides, variants, settings, seeds); then "
-            f"`glora report {store}`.",
+            f"- The sweep: `glora sweep {store / SWEEP_FILE} --store {store}{flag}` (the resolved "
+            "sweep file: base config, overrides, variants, settings, seeds); then "
+            f"`glora report {store}{flag}`.",
             f"- Seeds: {', '.join(map(str, sweep.seeds))}; one run per setting, variant and seed, "
             "each a separate `glora run` with one method.",
             f"- One run: `glora run --config {pattern / 'config.yaml'}` repeats it; its "

@@ -159,6 +159,20 @@ def test_a_table_per_metric_and_a_failed_cell(tmp_path, capsys):
     assert len(list((tmp_path / "elsewhere" / "sweep_plots").glob("*.png"))) == 5
 
 
+def test_only_reports_the_named_settings_and_refuses_an_unknown_one(tmp_path):
+    store = hand_made_store(tmp_path / "store")
+    out = tmp_path / "b.md"
+    assert main(["report", str(store), "--out", str(out), "--only", "b"]) == 0
+    report = out.read_text()
+    assert "4 runs, 3 finished, 1 failed, 0 not yet run" in report
+    assert table_rows(report, "global_accuracy") == {
+        "b": ["0.5500 ± 0.0707 (n=2)", "**0.9000 (n=1; 1 failed)** †"]}  # no glora_energy column
+    assert f"--store {store} --only b`" in report and f"`glora report {store} --only b`" in report
+    with pytest.raises(ConfigError, match=r"`--only`: no setting 'c' in this store \(its "
+                                          r"settings: a, b\)"):
+        write_report(store, only=["b", "c"])
+
+
 def test_bad_metric_or_store_names_the_problem(tmp_path):
     store = hand_made_store(tmp_path / "store")
     with pytest.raises(ConfigError, match=r"`--metric`: \['accuracy'\].*available: "
