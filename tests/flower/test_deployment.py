@@ -31,7 +31,7 @@ class ProcessWatch(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.seen: dict[int, tuple[psutil.Process, list[str]]] = {}
+        self.seen: dict[int, tuple[psutil.Process, list[str], int]] = {}  # pid -> (p, cmd, ppid)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -41,7 +41,7 @@ class ProcessWatch(threading.Thread):
                 # read again every time: a child caught between fork and exec still shows its
                 # parent's command line
                 with contextlib.suppress(psutil.Error):
-                    self.seen[p.pid] = (self.seen.get(p.pid, (p,))[0], p.cmdline())
+                    self.seen[p.pid] = (self.seen.get(p.pid, (p,))[0], p.cmdline(), p.ppid())
             time.sleep(0.1)
 
     def __enter__(self) -> ProcessWatch:
@@ -53,14 +53,19 @@ class ProcessWatch(threading.Thread):
         self.join()
 
     def commands(self, name: str) -> list[list[str]]:
-        return [cmd for _, cmd in self.seen.values() if any(a.endswith(name) for a in cmd[:2])]
+        """Command lines of the processes started as ``name``; a child that exited between fork
+        and exec (its parent's command line) is not one."""
+        def fork_of_parent(cmd: list[str], ppid: int) -> bool:
+            return ppid in self.seen and self.seen[ppid][1] == cmd
+        return [cmd for _, cmd, ppid in self.seen.values()
+                if any(a.endswith(name) for a in cmd[:2]) and not fork_of_parent(cmd, ppid)]
 
     def alive(self) -> list[list[str]]:
         def running(p: psutil.Process) -> bool:
             with contextlib.suppress(psutil.Error):
                 return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
             return False
-        return [cmd for p, cmd in self.seen.values() if running(p)]
+        return [cmd for p, cmd, _ in self.seen.values() if running(p)]
 
 
 def test_deployment_matches_simulator(overrides: list[str], tmp_path: Path) -> None:
