@@ -18,6 +18,7 @@ run: setup
 	$(BIN)/glora run
 
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: setup

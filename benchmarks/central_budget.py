@@ -21,11 +21,14 @@ import argparse  # noqa: E402
 
 import torch  # noqa: E402
 
-from glora.client.evaluate import evaluate  # noqa: E402
-from glora.client.tokenize import tokenize  # noqa: E402
-from glora.client.train import TrainTask, train_client  # noqa: E402
+from glora.backbones import default_model_path, load_tokenizer  # noqa: E402
+from glora.contract import TrainTask  # noqa: E402
 from glora.data import load_dataset  # noqa: E402
-from glora.models import LORA_A, LORA_B, ModelCache, load_tokenizer  # noqa: E402
+from glora.global_model import LORA_A, LORA_B  # noqa: E402
+from glora.tasks.classification import score  # noqa: E402
+from glora.tasks.tokenize import tokenize  # noqa: E402
+from glora.training.cache import ModelCache  # noqa: E402
+from glora.training.train import train_client  # noqa: E402
 
 
 def deltas(adapter: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
@@ -49,7 +52,8 @@ def curve(cache: ModelCache, train: tuple, test: tuple, args: argparse.Namespace
             lr=rate))
         adapter, head, done = result.adapter, result.head, done + steps
         if done % args.every == 0 or done == args.steps:
-            scores = evaluate(cache, deltas(adapter, cache.scaling(args.rank)), head, test)
+            scores = score(cache.global_model(deltas(adapter, cache.scaling(args.rank)), head),
+                           test)
             out.append(f"{scores['accuracy']:.3f} / {scores['loss']:.3f}")
     return out
 
@@ -68,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     splits = load_dataset("rotten_tomatoes")
-    tokenizer = load_tokenizer(None)
+    tokenizer = load_tokenizer(default_model_path())
     train = tokenize(tokenizer, splits.train, 40)
     full = tokenize(tokenizer, splits.test, 40)
     pick = torch.randperm(len(full[0]), generator=torch.Generator().manual_seed(0))[:args.test]

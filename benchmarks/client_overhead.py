@@ -24,18 +24,23 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from glora.client.tokenize import batch_inputs, tokenize  # noqa: E402
-from glora.client.train import TrainTask, batch_order, train_client  # noqa: E402
+from glora.backbones import default_model_path, load_tokenizer  # noqa: E402
+from glora.contract import TrainTask  # noqa: E402
 from glora.data import load_dataset  # noqa: E402
-from glora.models import ModelCache, load_classifier, load_tokenizer, lora_config  # noqa: E402
 from glora.sim.workers import ClientExecutor  # noqa: E402
+from glora.tasks.classification import ClassificationTask, load_classifier  # noqa: E402
+from glora.tasks.tokenize import batch_inputs, tokenize  # noqa: E402
+from glora.training.cache import ModelCache, lora_config  # noqa: E402
+from glora.training.train import batch_order, train_client  # noqa: E402
 
 
 def plain_peft_seconds(data: tuple, batches: list, rank: int) -> float:
     """A plain PEFT training loop over ``batches``; returns seconds for the steps."""
     from peft import get_peft_model
 
-    model = get_peft_model(load_classifier(None, num_labels=2), lora_config(rank, 16.0))
+    model = get_peft_model(load_classifier(default_model_path(), num_labels=2),
+                           lora_config(ClassificationTask.peft_type, rank, 16.0,
+                                       ClassificationTask.default_targets))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     started = time.perf_counter()
@@ -66,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"# client overhead; load average before: {os.getloadavg()}; torch {torch.__version__}")
     train = load_dataset("rotten_tomatoes").train
-    data = tokenize(load_tokenizer(None), train.subset(list(range(512))), args.max_length)
+    data = tokenize(load_tokenizer(default_model_path()), train.subset(list(range(512))), args.max_length)
 
     # 1. simulator local step vs plain PEFT loop, same batches (batch_order of task 0)
     cache = ModelCache(max_rank=args.rank)

@@ -22,7 +22,7 @@ def rss_mb() -> float:
 
 
 def batch(tok, length: int, n: int, seed: int):
-    from glora.lm.tokenize import encode_training, format_prompt
+    from glora.tasks.prompts import encode_training, format_prompt
 
     try:
         from glora.data.natural_instructions import bigbench_tasks_dir, load_natural_instructions
@@ -53,14 +53,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from glora.client.train import TrainTask
-    from glora.lm.models import CausalLMCache
+    from glora.backbones import load_tokenizer
+    from glora.contract import TrainTask
+    from glora.training.cache import ModelCache
+    from glora.training.train import train_client
 
     t0 = time.perf_counter()
-    cache = CausalLMCache(args.model, target_modules=args.targets.split(","))
+    cache = ModelCache(args.model, target_modules=args.targets.split(","), task="causal_lm")
     load_s = time.perf_counter() - t0
     base_mb = rss_mb()
-    data, source = batch(cache.tokenizer, args.length, args.batch * args.steps, 0)
+    data, source = batch(load_tokenizer(cache.path, pad=True), args.length, args.batch * args.steps, 0)
     tokens = int(data[1].sum()) / len(data[1])
     answer = float((data[2] != -100).sum()) / len(data[2])
 
@@ -69,9 +71,9 @@ def main() -> None:
                          head=None, base={}, frozen=(), data=data, steps=steps,
                          batch_size=args.batch, lr=1e-4)
 
-    cache.train_client(task(1))  # warm-up: adapter creation, first allocations
+    train_client(cache, task(1))  # warm-up: adapter creation, first allocations
     t, cpu = time.perf_counter(), time.process_time()
-    res = cache.train_client(task(args.steps))
+    res = train_client(cache, task(args.steps))
     per_step = (time.perf_counter() - t) / args.steps
     cpu_step = (time.process_time() - cpu) / args.steps
     print(f"model {args.model or 'SmolLM2-135M-Instruct (GGUF -> float32)'}, LoRA r={args.rank} "

@@ -29,18 +29,20 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from glora.data.natural_instructions import load_natural_instructions
-    from glora.lm.evaluate import evaluate_generation
-    from glora.lm.models import CausalLMCache
-    from glora.lm.prepare import LM_OPTIONS, eval_set
+    from glora.backbones import load_tokenizer
+    from glora.tasks.causal_lm import LM_OPTIONS, eval_set
+    from glora.tasks.generation import evaluate_generation
+    from glora.training.cache import ModelCache
 
     s = load_natural_instructions(unseen=args.unseen, test_per_task=args.test_per_task,
                                   seed=args.seed)
-    cache = CausalLMCache(args.model)
+    cache = ModelCache(args.model, task="causal_lm")
+    tokenizer = load_tokenizer(cache.path, pad=True)
     out = {}
     for name, data in (("unseen", s.test_unseen), ("seen", s.test_seen)):
         t = time.perf_counter()
-        es = eval_set(cache.tokenizer, data, dict(LM_OPTIONS), args.length)
-        r = evaluate_generation(cache.global_model({}, {}), cache.tokenizer, es.prompts,
+        es = eval_set(tokenizer, data, dict(LM_OPTIONS), args.length)
+        r = evaluate_generation(cache.global_model({}, {}), tokenizer, es.prompts,
                                 es.references, es.tasks, args.max_new_tokens, args.batch)
         out[name] = {"rougeL": r["rougeL"], "examples": len(data), "tasks": len(r["per_task"]),
                      "seconds": time.perf_counter() - t, "per_task": r["per_task"],

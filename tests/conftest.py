@@ -39,7 +39,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def sentiment_texts(n: int, seed: int = 0) -> SimpleNamespace:
     """``n`` separable sentences (label 1: two positive words, label 0: two negative ones), in
-    the shape :func:`glora.client.tokenize.tokenize` reads."""
+    the shape :func:`glora.tasks.tokenize.tokenize` reads."""
     rng = random.Random(seed)
     texts, labels = [], []
     for i in range(n):
@@ -55,7 +55,7 @@ def sentiment_texts(n: int, seed: int = 0) -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def sentiment(tiny_model_dir: str) -> tuple[torch.Tensor, ...]:
     """48 tokenized training sentences of the separable task (max 12 tokens)."""
-    from glora.client.tokenize import tokenize
-    from glora.models import load_tokenizer
+    from glora.tasks.tokenize import tokenize
+    from glora.backbones import load_tokenizer
 
     return tokenize(load_tokenizer(tiny_model_dir), sentiment_texts(48), max_length=12)

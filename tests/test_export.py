@@ -8,9 +8,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from glora.client.evaluate import logits
-from glora.export import export_adapter, factor_delta
-from glora.models import PEFT_PREFIX, ModelCache, load_classifier
+from glora.tasks.classification import logits
+from glora.training.export import export_adapter, factor_delta
+from glora.tasks.classification import load_classifier
+from glora.training.cache import PEFT_PREFIX, ModelCache
 
 LAYER = "base_model.model.bert.encoder.layer.{}.attention.self.{}"
 

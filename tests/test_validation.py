@@ -20,7 +20,7 @@ from glora.config import load_config
 from glora.errors import AggregationError, ConfigError, GloraError
 from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
 from glora.robust import cap_weights, capped_shares, clip_updates
-from glora.server import FederatedServer
+from glora.federation.server import FederatedServer
 from glora.validation import (CHECKS, ReplySchema, check_reply, majority_schema,
                               unexpected_clients, update_norm)
 

@@ -31,7 +31,8 @@ EPILOG = """examples:
 
 def _run(args: argparse.Namespace) -> None:
     from glora.config import load_config
-    from glora.sim.experiment import markdown_table, run_experiment
+    from glora.federation.summary import markdown_table
+    from glora.sim.experiment import run_experiment
 
     cfg = load_config(args.config, args.overrides)
     if args.engine == "flower":

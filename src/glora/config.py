@@ -68,7 +68,7 @@ class TrainConfig:
     # The classification head's rate (null: `lr`). A fresh head on label-skewed clients is what
     # Adam moves most per step; a lower rate keeps the averaged head from flipping classes.
     head_lr: float | None = None
-    # `constant`, or `cosine`: the rates decay over the rounds (glora.sim.plan.round_lr).
+    # `constant`, or `cosine`: the rates decay over the rounds (glora.federation.plan.round_lr).
     lr_schedule: str = "cosine"
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 0.0

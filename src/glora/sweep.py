@@ -56,7 +56,7 @@ from glora.atomic import write_atomic
 from glora.config import (IMPLIED_BEFORE, ExperimentConfig, load_config, parse_overrides,
                           read_yaml_mapping)
 from glora.errors import ConfigError
-from glora.sim.plots import read_history
+from glora.federation.plots import read_history
 
 log = logging.getLogger("glora.sweep")
 

@@ -18,7 +18,3 @@ def test_a_and_the_global_b_are_weighted_averages():
     assert "global evaluation only" in state.info["B"]
     assert rel(state.readout(3, ups[0].scaling)[1], A) < 1e-14
 
-
-def test_spec_keeps_b_and_head_local():
-    spec = glora.get_method("fedsa")
-    assert spec.uploads == ("A",) and spec.local == ("B", "head") and not spec.mixed_ranks

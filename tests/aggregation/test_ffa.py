@@ -47,6 +47,3 @@ def test_tolerance_admits_round_trips():
         glora.aggregate("ffa", ups, rtol=-1.0)
 
 
-def test_spec_declares_frozen_a_and_b_only_upload():
-    spec = glora.get_method("ffa")
-    assert spec.uploads == ("B",) and spec.frozen == ("A",) and not spec.mixed_ranks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from glora.models import ModelCache
+from glora.training.cache import ModelCache
 
 
 def pytest_configure(config: pytest.Config) -> None:

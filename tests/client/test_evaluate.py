@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glora.client.evaluate import evaluate, logits, predict
-from glora.client.train import TrainTask, train_client
-from glora.models import LORA_A, LORA_B, PEFT_PREFIX, ModelCache, copy_into
+from glora.contract import TrainTask
+from glora.global_model import LORA_A, LORA_B
+from glora.tasks.classification import logits, score, to_predictions
+from glora.training.cache import PEFT_PREFIX, ModelCache, copy_into
+from glora.training.train import train_client
 
 QUERY0 = "base_model.model.bert.encoder.layer.0.attention.self.query"
 
@@ -44,20 +46,22 @@ def test_a_delta_acts_as_W0_plus_delta(cache: ModelCache, sentiment):
 
 def test_evaluate_reports_named_or_custom_metrics_and_loss(cache: ModelCache, sentiment, trained):
     head = trained.head
-    preds = predict(cache, {}, head, sentiment)
-    scores = evaluate(cache, {}, head, sentiment, ("accuracy",), batch_size=10)
+    model = cache.global_model({}, head)
+    preds = to_predictions(logits(model, sentiment))
+    scores = score(model, sentiment, ("accuracy",), batch_size=10)
     assert scores["accuracy"] == pytest.approx(float((preds == sentiment[-1]).float().mean()))
     out = logits(cache.global_model({}, head), sentiment)
     expected_loss = torch.nn.functional.cross_entropy(out, sentiment[-1])
     assert scores["loss"] == pytest.approx(float(expected_loss))
-    custom = evaluate(cache, {}, head, sentiment, lambda p, y: {"ones": float(p.sum())})
+    custom = score(model, sentiment, lambda p, y: {"ones": float(p.sum())})
     assert custom == {"ones": float(preds.sum()), "loss": pytest.approx(scores["loss"])}
 
 
 def test_regression_predicts_values(tiny_model_dir: str, sentiment):
     cache = ModelCache(tiny_model_dir, num_labels=1)
     data = (*sentiment[:2], sentiment[-1].float())
-    scores = evaluate(cache, {}, None, data, lambda p, y: {"n": float(len(p))})
-    preds = predict(cache, {}, None, data)
+    model = cache.global_model({}, None)
+    scores = score(model, data, lambda p, y: {"n": float(len(p))})
+    preds = to_predictions(logits(model, data))
     assert preds.shape == (48,) and preds.dtype == torch.float32
     assert scores["loss"] == pytest.approx(float(((preds - data[-1]) ** 2).mean()))

@@ -9,9 +9,11 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 
-import glora.models as models
+from glora import backbones
+from glora.backbones import default_model_path
 from glora.errors import ConfigError
-from glora.models import ModelCache, default_model_path, load_classifier
+from glora.tasks.classification import load_classifier
+from glora.training.cache import PEFT_PREFIX, ModelCache
 
 QUERY0 = "base_model.model.bert.encoder.layer.0.attention.self.query"
 
@@ -33,18 +35,17 @@ def test_packaged_smollm2_and_gguf_files_resolve_to_their_conversion(
         monkeypatch: pytest.MonkeyPatch, tmp_path):
     """A classifier on the packaged causal LM (the larger backbone) loads from the same float32
     conversion the instruction-tuning path caches; other names pass through."""
-    import glora.lm.models as lm
-
     converted = []
-    monkeypatch.setattr(lm, "convert_gguf", lambda p: converted.append(p) or tmp_path / "f32")
-    monkeypatch.setattr(lm, "default_gguf", lambda: tmp_path / "packaged.gguf")
+    monkeypatch.setattr(backbones, "convert_gguf",
+                        lambda p: converted.append(p) or tmp_path / "f32")
+    monkeypatch.setattr(backbones, "default_gguf", lambda: tmp_path / "packaged.gguf")
     (tmp_path / "mine.gguf").write_bytes(b"")
-    assert models.resolve_model("smollm2-135m-instruct") == str(tmp_path / "f32")
-    assert models.resolve_model(str(tmp_path / "mine.gguf")) == str(tmp_path / "f32")
+    assert backbones.resolve_model("smollm2-135m-instruct") == str(tmp_path / "f32")
+    assert backbones.resolve_model(str(tmp_path / "mine.gguf")) == str(tmp_path / "f32")
     assert converted == [tmp_path / "packaged.gguf", tmp_path / "mine.gguf"]
-    assert models.resolve_model("prajjwal1/bert-tiny") == "prajjwal1/bert-tiny"
+    assert backbones.resolve_model("prajjwal1/bert-tiny") == "prajjwal1/bert-tiny"
     with pytest.raises(ConfigError, match="does not exist"):
-        models.resolve_model(str(tmp_path / "absent.gguf"))
+        backbones.resolve_model(str(tmp_path / "absent.gguf"))
 
 
 def test_default_model_loads_with_lora_on_query_and_value():
@@ -100,8 +101,8 @@ def test_scaling(cache: ModelCache, tiny_model_dir: str):
 
 
 def test_fresh_base_has_pretrained_weights_after_the_global_model_changed(cache: ModelCache):
-    w0 = cache.fresh_base().get_submodule(QUERY0.removeprefix(models.PEFT_PREFIX)).weight.clone()
+    w0 = cache.fresh_base().get_submodule(QUERY0.removeprefix(PEFT_PREFIX)).weight.clone()
     cache.global_model({QUERY0: torch.ones(32, 32)}, None)
     fresh = cache.fresh_base()
-    assert torch.equal(fresh.get_submodule(QUERY0.removeprefix(models.PEFT_PREFIX)).weight, w0)
+    assert torch.equal(fresh.get_submodule(QUERY0.removeprefix(PEFT_PREFIX)).weight, w0)
     cache.global_model({}, None)

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from glora.client.tokenize import batch_inputs, tokenize
-from glora.models import load_tokenizer
+from glora.tasks.tokenize import batch_inputs, tokenize
+from glora.backbones import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from glora.client.evaluate import evaluate
-from glora.client.train import TrainTask, batch_order, start_adapter, train_client
-from glora.models import LORA_A, LORA_B, ModelCache
+from glora.contract import TrainTask
+from glora.global_model import LORA_A, LORA_B
+from glora.tasks.classification import score
+from glora.training.cache import ModelCache
+from glora.training.train import batch_order, start_adapter, train_client
 
 QUERY0 = "base_model.model.bert.encoder.layer.0.attention.self.query"
 
@@ -31,9 +33,9 @@ def deltas(result, cache: ModelCache, rank: int) -> dict[str, Tensor]:
 
 def test_training_changes_the_adapter_and_reduces_the_loss(cache: ModelCache, sentiment):
     task = make_task(sentiment, steps=20, lr=3e-2)
-    before = evaluate(cache, {}, None, sentiment)
+    before = score(cache.global_model({}, None), sentiment)
     result = train_client(cache, task)
-    after = evaluate(cache, deltas(result, cache, 4), result.head, sentiment)
+    after = score(cache.global_model(deltas(result, cache, 4), result.head), sentiment)
     start = start_adapter(task, cache.adapter(4))
     assert after["loss"] < 0.6 * before["loss"]
     assert after["accuracy"] > 0.85

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from glora.sim import checkpoint
+from glora.federation import checkpoint
 from tests.sim.conftest import write_csv
 
 EXPERIMENT = ["data.num_clients=3", "data.partition=iid", "data.max_length=12",

@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-from glora.client.train import TrainResult, TrainTask
+from glora.training.train import TrainResult, TrainTask
 from glora.flower import codec
 
 LAYER = "base_model.model.bert.encoder.layer.0.attention.self.query"

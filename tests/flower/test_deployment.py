@@ -20,7 +20,7 @@ import torch
 from glora.cli import main
 from glora.config import load_config
 from glora.flower.launch import LocalFederation, app_folder, run_app
-from glora.sim import checkpoint
+from glora.federation import checkpoint
 from glora.sim.experiment import run_experiment
 from tests.flower.conftest import checkpoint_history, history
 

@@ -7,20 +7,23 @@ import dataclasses
 import pytest
 import torch
 
-from glora.client.train import TrainTask
-from glora.lm.evaluate import evaluate_generation, generate, per_task_rouge, rouge_l
-from glora.lm.models import CausalLMCache, load_lm_tokenizer
-from glora.lm.tokenize import IGNORE_INDEX, encode_prompts, encode_training, format_prompt
+from glora.backbones import load_tokenizer
+from glora.contract import TrainTask
+from glora.tasks.generation import evaluate_generation, generate, per_task_rouge, rouge_l
+from glora.tasks.prompts import IGNORE_INDEX, encode_prompts, encode_training, format_prompt
+from glora.training.cache import ModelCache
+from glora.training.train import train_client
 
 
 @pytest.fixture(scope="module")
 def cache(tiny_lm_dir):
-    return CausalLMCache(tiny_lm_dir, target_modules=["q_proj", "v_proj"], alpha=8.0)
+    return ModelCache(tiny_lm_dir, target_modules=["q_proj", "v_proj"], alpha=8.0,
+                      task="causal_lm")
 
 
 @pytest.fixture(scope="module")
 def tok(tiny_lm_dir):
-    return load_lm_tokenizer(tiny_lm_dir)
+    return load_tokenizer(tiny_lm_dir, pad=True)
 
 
 def test_labels_cover_exactly_the_answer_tokens(tok):
@@ -78,18 +81,18 @@ def test_cache_has_the_classifier_cache_interface_and_no_head(cache):
 
 def test_train_client_is_deterministic_and_learns(cache, tok):
     task = task_for(tok, steps=12)
-    a, b = cache.train_client(task), cache.train_client(task)
+    a, b = train_client(cache, task), train_client(cache, task)
     assert a.head == {} and a.num_examples == 4
     assert all(torch.equal(a.adapter[k], b.adapter[k]) for k in a.adapter)
     assert any(v.abs().sum() > 0 for k, v in a.adapter.items() if k.endswith("lora_B.weight"))
-    first = cache.train_client(dataclasses.replace(task, steps=1)).train_loss
+    first = train_client(cache, dataclasses.replace(task, steps=1)).train_loss
     assert a.train_loss < first
 
 
 def test_worker_hook_trains_causal_lm(tiny_lm_dir, tok):
     from glora.sim import workers
 
-    spec = {"kind": "causal_lm", "model": tiny_lm_dir, "target_modules": ["q_proj", "v_proj"],
+    spec = {"task": "causal_lm", "model": tiny_lm_dir, "target_modules": ["q_proj", "v_proj"],
             "alpha": 8.0, "max_rank": 4}
     with workers.ClientExecutor(spec, 1) as run:
         (res,) = run([task_for(tok)])
@@ -137,8 +140,8 @@ def test_evaluate_generation_averages_tasks(cache, tok):
 
 
 def test_answer_loss_equals_the_full_forward_loss(cache, tok):
-    from glora.lm.tokenize import lm_batch
-    from glora.lm.train import answer_loss
+    from glora.tasks.prompts import lm_batch
+    from glora.tasks.causal_lm import answer_loss
 
     task = task_for(tok)
     batch = lm_batch(task.data, slice(0, 4))

@@ -20,22 +20,24 @@ def lm_config(tiny_lm_dir, tiny_tasks_dir, tmp_path, *extra):
 
 
 def test_prepare_dispatches_to_the_lm_path(tiny_lm_dir, tiny_tasks_dir, tmp_path):
-    from glora.lm.prepare import LMPrepared
-    from glora.sim.prepare import prepare
+    from glora.federation.prepare import prepare
+    from glora.tasks.causal_lm import InstructionData
 
     prep = prepare(lm_config(tiny_lm_dir, tiny_tasks_dir, tmp_path, "methods=[fedit]"))
-    assert isinstance(prep, LMPrepared) and prep.model_spec["kind"] == "causal_lm"
-    unseen = set(prep.unseen.tasks)
-    assert len(unseen) == 2 and not unseen & set(prep.seen.tasks)
-    assert not unseen & {t for tasks in prep.client_tasks for t in tasks}
-    assert sum(len(p) for p in prep.parts) == len(prep.train[0]) == 4 * 6
+    data = prep.data
+    assert isinstance(data, InstructionData) and prep.model_spec["task"] == "causal_lm"
+    assert prep.cache.task.name == "causal_lm" and prep.cache.head_init == {}
+    unseen = set(data.unseen.tasks)
+    assert len(unseen) == 2 and not unseen & set(data.seen.tasks)
+    assert not unseen & {t for tasks in data.client_tasks for t in tasks}
+    assert sum(len(p) for p in prep.parts) == len(data.train[0]) == 4 * 6
     scores = prep.evaluate({}, {}, "global_")
     assert set(scores) == {"global_rougeL", "global_rougeL_unseen"}
     assert set(prep.evaluate({}, {}, "p_", client=0)) == {"p_rougeL"}
 
 
 def test_unknown_lm_option_and_wrong_partition_are_named(tiny_lm_dir, tiny_tasks_dir, tmp_path):
-    from glora.sim.prepare import prepare
+    from glora.federation.prepare import prepare
 
     cfg = lm_config(tiny_lm_dir, tiny_tasks_dir, tmp_path, "data.options={unsen: 2}")
     with pytest.raises(ConfigError, match="unsen"):
@@ -60,7 +62,7 @@ def test_federated_run_end_to_end(tiny_lm_dir, tiny_tasks_dir, tmp_path):
 def test_shipped_superni_config_is_valid():
     from pathlib import Path
 
-    from glora.lm.prepare import LM_OPTIONS, is_lm_dataset
+    from glora.tasks.causal_lm import LM_OPTIONS, is_lm_dataset
 
     cfg = load_config(Path(__file__).parents[2] / "configs" / "superni_scaled.yaml")
     assert is_lm_dataset(cfg.data.dataset) and cfg.data.partition == "task"

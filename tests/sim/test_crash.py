@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from glora.config import save_config
-from glora.sim.checkpoint import PAUSE_ENV
+from glora.federation.checkpoint import PAUSE_ENV
 from glora.sim.experiment import run_experiment
 
 # Two kills in checkpoint writes come first: each leaves a round to do, so both happen.

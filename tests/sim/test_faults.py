@@ -12,7 +12,7 @@ import torch
 
 from glora.errors import AggregationError
 from glora.sim.faults import FaultInjector
-from glora.sim.prepare import prepare
+from glora.federation.prepare import prepare
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 
@@ -34,7 +34,7 @@ def test_faulty_clients_are_rejected_and_the_run_equals_one_without_them(
         tiny_config, tmp_path, caplog):
     cfg = tiny_config("server.max_update_norm=100")
     prepared = prepare(cfg)
-    with caplog.at_level(logging.WARNING, logger="glora.server"):
+    with caplog.at_level(logging.WARNING, logger="glora.federation.server"):
         faulty = run(cfg, prepared, tmp_path / "faulty", FAULTS, global_seed=1)
     silent = run(cfg, prepared, tmp_path / "silent", {k: "drop" for k in FAULTS}, global_seed=2)
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from glora.cli import main
-from glora.client.train import TrainResult, start_adapter
+from glora.training.train import TrainResult, start_adapter
 from glora.config import load_config
 from glora.errors import ConfigError
 from glora.global_model import LORA_A, LORA_B
-from glora.server import FederatedServer
+from glora.federation.server import FederatedServer
 from glora.sim.gauge import (CHANGE_MAX, FLOOR, GaugedSimulation, GaugeInjector, gauge_adapter,
                              layer_gauge)
-from glora.sim.prepare import prepare
+from glora.federation.prepare import prepare
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 

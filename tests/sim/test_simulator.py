@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from glora.aggregation import methods
-from glora.client.evaluate import logits
+from glora.aggregation import get_method, methods
 from glora.errors import ConfigError
-from glora.models import load_classifier
+from glora.federation.prepare import prepare
+from glora.federation.server import FederatedServer
+from glora.global_model import LORA_A, LORA_B
 from glora.sim.experiment import run_experiment
-from glora.sim.prepare import prepare
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
+from glora.tasks.classification import load_classifier, logits
+from glora.training.train import train_client
 
 
 def history(out: Path, method: str = "glora") -> list[dict]:
@@ -47,12 +50,12 @@ def test_exported_adapter_gives_the_in_memory_predictions(tiny_config, tiny_mode
     prepared = prepare(cfg)
     state = torch.load(Path(cfg.output_dir) / "glora/checkpoint.pt", weights_only=False)
     in_memory = logits(prepared.cache.global_model(state.model.total_delta(), state.model.head),
-                       prepared.test)
+                       prepared.data.test)
     peft_model = PeftModel.from_pretrained(load_classifier(tiny_model_dir, num_labels=2),
                                            str(Path(cfg.output_dir) / "glora/adapter")).eval()
-    exported = logits(peft_model, prepared.test)
+    exported = logits(peft_model, prepared.data.test)
     assert torch.allclose(exported, in_memory, atol=1e-5)
-    assert not torch.allclose(in_memory, logits(prepared.cache.global_model({}, None), prepared.test))
+    assert not torch.allclose(in_memory, logits(prepared.cache.global_model({}, None), prepared.data.test))
 
 
 def test_every_method_runs_with_mixed_ranks_and_learns(tiny_config):
@@ -60,7 +63,7 @@ def test_every_method_runs_with_mixed_ranks_and_learns(tiny_config):
                       f"methods={methods()}", "lora.equal_rank=min")
     rows = run_experiment(cfg, export=False)
     assert [r["method"] for r in rows] == [
-        m if m in ("flora", "flexlora", "glora", "hetlora") else f"{m} (all r=2)" for m in methods()]
+        m if get_method(m).mixed_ranks else f"{m} (all r=2)" for m in methods()]
     untrained = prepare(cfg).evaluate({}, {}, prefix="")["loss"]
     for row in rows:
         assert row["global_loss"] < untrained - 0.03, row
@@ -160,3 +163,55 @@ def test_round_learning_rates_follow_the_schedule(tiny_config, tmp_path, schedul
         assert rates[0] == (0.02, 0.002)
         assert rates[2] == pytest.approx((0.01, 0.001))
         assert rates[1][0] > rates[2][0] > rates[3][0] > 0
+
+
+def one_round(cfg, method: str):
+    """A server of ``method`` on the tiny setting, the round-1 tasks with data, their results."""
+    prepared = prepare(cfg)
+    server = FederatedServer(cfg, method, prepared, prepared.reply_schema(),
+                             [len(p) for p in prepared.parts])
+    tasks = [dataclasses.replace(t, data=prepared.client_train(t.client_id))
+             for t in server.configure()]
+    return server, tasks, [train_client(prepared.cache, t) for t in tasks]
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_ffa_clients_train_b_against_one_shared_a_and_upload_b_only(tiny_config):
+    cfg = tiny_config("methods=[ffa]", "lora.ranks=[2]", "train.rounds=2")
+    server, tasks, results = one_round(cfg, "ffa")
+    first = results[0].adapter
+    for task, result in zip(tasks, results):
+        for key, value in result.adapter.items():
+            if key.endswith(LORA_A):  # A never moves, and every client holds the same one
+                assert torch.equal(value, first[key])
+            else:
+                assert value.abs().sum() > 0  # B trained from zero
+    record = server.aggregate(results)
+    assert record["bytes_up"] == sum(
+        nbytes(v for k, v in r.adapter.items() if k.endswith(LORA_B)) + nbytes(r.head.values())
+        for r in results)
+    for task in server.configure():  # the next start keeps that A
+        assert all(torch.equal(v, first[k]) for k, v in task.adapter.items()
+                   if k.endswith(LORA_A))
+
+
+def test_fedsa_clients_keep_their_own_b_and_head_and_share_a(tiny_config):
+    cfg = tiny_config("methods=[fedsa]", "lora.ranks=[2]", "train.rounds=2")
+    server, _, results = one_round(cfg, "fedsa")
+    record = server.aggregate(results)
+    assert record["bytes_up"] == sum(
+        nbytes(v for k, v in r.adapter.items() if k.endswith(LORA_A)) for r in results)
+    mine = {r.client_id: r for r in results}
+    starts = server.configure()
+    shared_a = {k: v for k, v in starts[0].adapter.items() if k.endswith(LORA_A)}
+    for task in starts:
+        own = mine[task.client_id]
+        for key, value in task.adapter.items():
+            if key.endswith(LORA_B):
+                assert torch.equal(value, own.adapter[key])  # its own B, not an average
+            else:
+                assert torch.equal(value, shared_a[key])  # the one averaged A
+        assert all(torch.equal(task.head[k], own.head[k]) for k in own.head)

@@ -1,10 +1,10 @@
 """The glora ClientApp: a SuperNode trains the task of its own data partition.
 
 The node's ``partition-id`` (``--node-config "partition-id=0 num-partitions=3"``) is its glora
-client id. The data come from :func:`glora.sim.prepare.prepare` on the run's experiment config,
-cached per process (Flower 1.42's deployment runtime starts a process per message, so the cache
-pays off where processes are reused), and training is the model cache's ``train_client``, as
-in the simulator.
+client id. The data come from :func:`glora.federation.prepare.prepare` on the run's experiment
+config, cached per process (Flower 1.42's deployment runtime starts a process per message, so the
+cache pays off where processes are reused), and training is
+:func:`glora.training.train.train_client`, as in the simulator.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from flwr.clientapp import ClientApp
 from glora.flower import codec
 from glora.flower.run_config import RunOptions
 
-if TYPE_CHECKING:
-    from glora.sim.prepare import Prepared
+if TYPE_CHECKING:  # the model code loads transformers: keep partition queries light
+    from glora.federation.prepare import Prepared
 
 app = ClientApp()
 
@@ -35,7 +35,7 @@ def _partition(context: Context) -> tuple[int, int | None]:
 @cache
 def _prepared(options: RunOptions) -> Prepared:
     """Data and model of the run, built once per process (and not for partition queries)."""
-    from glora.sim.prepare import prepare
+    from glora.federation.prepare import prepare
 
     return prepare(options.experiment())
 
@@ -55,5 +55,7 @@ def train(msg: Message, context: Context) -> Message:
     if task.client_id != client:
         raise ValueError(f"this node serves partition {client} but got the task of client "
                          f"{task.client_id}.")
-    result = prepared.cache.train_client(task)
+    from glora.training.train import train_client
+
+    result = train_client(prepared.cache, task)
     return Message(codec.encode_result(result), reply_to=msg)

@@ -9,15 +9,13 @@ or :class:`~flwr.app.MetricRecord` (up) under Flower's kebab-case keys. An optio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
+from glora.contract import TrainResult, TrainTask
 from glora.errors import GloraError
-
-if TYPE_CHECKING:  # importing the trainer loads transformers: keep partition queries light
-    from glora.client.train import TrainResult, TrainTask
 
 #: TrainTask scalar field -> ConfigRecord key.
 TASK_SCALARS = {"client_id": "client-id", "round": "round", "rank": "rank", "seed": "seed",
@@ -75,8 +73,6 @@ def decode_task(content: RecordDict, data: tuple[Tensor, ...]) -> TrainTask:
     Raises:
         CodecError: the task record is missing or lacks a field.
     """
-    from glora.client.train import TrainTask
-
     config = _require(content, TASK, "config", "train")
     missing = [key for key in (*TASK_SCALARS.values(), "frozen") if key not in config]
     if missing:
@@ -103,8 +99,6 @@ def decode_result(content: RecordDict) -> TrainResult:
     Raises:
         CodecError: the result record or a tensor record is missing.
     """
-    from glora.client.train import TrainResult
-
     metrics = _require(content, RESULT, "metric", "reply")
     tensors = {name: _tensors(content, name) for name in RESULT_TENSORS}
     missing = [k for k in RESULT_SCALARS.values() if k not in metrics] + \

@@ -14,12 +14,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from glora.config import save_config
+from glora.federation import rounds
+from glora.federation.prepare import prepare
+from glora.federation.server import FederatedServer
+from glora.federation.summary import summarize, write_summary
 from glora.flower.run_config import RunOptions
 from glora.flower.strategy import GloraStrategy
-from glora.server import FederatedServer
-from glora.sim.experiment import summarize, write_summary
-from glora.sim.plots import plot_metric
-from glora.sim.prepare import prepare
 
 app = ServerApp()
 
@@ -39,11 +39,10 @@ def main(grid: Grid, context: Context) -> None:
         server = FederatedServer(cfg, method, prepared, prepared.reply_schema(),
                                  [len(p) for p in prepared.parts])
         strategy = GloraStrategy(server, out / method)
-        if options.resume and strategy.checkpoint_path.exists():
-            strategy.server.load(strategy.checkpoint_path)
+        if options.resume:
+            rounds.resume(server, out / method)
         strategy.start(grid, timeout=options.round_timeout)
         prepared.export(strategy.server.state.model, out / method / "adapter")
         rows.append(summarize(strategy.server.label, strategy.server.state,
                               time.perf_counter() - started))
-    write_summary(rows, out)
-    plot_metric(out, cfg.methods, out / "metric_per_round.png")
+    write_summary(rows, out, cfg.methods)

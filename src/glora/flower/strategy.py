@@ -1,4 +1,4 @@
-"""A Flower strategy that runs a :class:`~glora.server.FederatedServer` on a real federation.
+"""A Flower strategy that runs a :class:`~glora.federation.server.FederatedServer` on a real federation.
 
 Every SuperNode serves one data partition (its ``partition-id`` node config), that is one glora
 client. The strategy asks new nodes for their partition with a query message, sends each node the
@@ -16,7 +16,6 @@ a round aggregated completely.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
@@ -28,11 +27,10 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from glora.atomic import write_atomic
 from glora.errors import AggregationError
+from glora.federation import plan, rounds
+from glora.federation.server import FederatedServer
 from glora.flower import codec
-from glora.server import FederatedServer
-from glora.sim import plan
 
 EVAL_PREFIXES = ("global_", "personal_")
 
@@ -74,7 +72,7 @@ class GloraStrategy(Strategy):
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.out / rounds.CHECKPOINT
 
     def summary(self) -> None:
         log(INFO, "\t├──> glora: %s, %d clients, ranks %s", self.server.label,
@@ -102,34 +100,28 @@ class GloraStrategy(Strategy):
         if evaluate_config is not None or evaluate_fn is not None:
             raise ValueError("`evaluate_config` and `evaluate_fn` are not used: the "
                              "FederatedServer evaluates the global model after each round.")
-        rounds = self.server.cfg.train.rounds if num_rounds is None else num_rounds
+        last = self.server.cfg.train.rounds if num_rounds is None else num_rounds
         self.timeout = timeout
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         result = Result()
-        attempts = self.server.cfg.server.retries + 1
         first = True
-        while self.server.round < rounds:
+        while self.server.round < last:
             t = self.server.round + 1
             log(INFO, "")
-            log(INFO, "[ROUND %s/%s]", t, rounds)
-            for attempt in range(1, attempts + 1):
-                self._attempt = attempt
-                self._wait_for_nodes(grid, everyone=first)
+            log(INFO, "[ROUND %s/%s]", t, last)
+
+            def attempt(n: int, t: int = t, everyone: bool = first) -> dict[str, Any]:
+                self._attempt = n
+                self._wait_for_nodes(grid, everyone=everyone)
                 messages = self.configure_train(t, ArrayRecord(), train_config or ConfigRecord(),
                                                 grid)
-                replies = self._exchange(grid, messages).values()
-                metrics = self.aggregate_train(t, replies)[1]
-                if metrics is not None:
-                    break
-            else:
-                raise AggregationError(
-                    f"round {t}: too few valid replies in {attempts} attempt(s) (`server.retries` "
-                    f"= {attempts - 1}); {self.checkpoint_path} holds round {t - 1}. Start the "
-                    "missing SuperNodes and resume.")
+                return self._aggregate(t, self._exchange(grid, messages).values())
+
+            record = rounds.retry_round(self.server, attempt, self.checkpoint_path,
+                                        " Start the missing SuperNodes and resume.")
             first = False
-            record = self.server.state.history[-1]
-            result.train_metrics_clientapp[t] = metrics
+            result.train_metrics_clientapp[t] = metric_record(record, evaluation=False)
             if any(k.startswith(EVAL_PREFIXES) for k in record):
                 result.evaluate_metrics_serverapp[t] = metric_record(record, evaluation=True)
         return result
@@ -158,6 +150,19 @@ class GloraStrategy(Strategy):
         The global model stays in ``server.state`` (and the checkpoint), so no arrays are
         returned; the metrics are the round record's numeric entries.
         """
+        try:
+            record = self._aggregate(server_round, replies)
+        except AggregationError as err:
+            log(WARNING, "round %d, attempt %d: %s", server_round, self._attempt, err)
+            return None, None
+        return None, metric_record(record, evaluation=False)
+
+    def _aggregate(self, server_round: int, replies: Iterable[Message]) -> dict[str, Any]:
+        """Decode the replies, aggregate the valid ones, persist; return the round's record.
+
+        Raises:
+            AggregationError: too few valid replies; the state is unchanged.
+        """
         seconds = time.perf_counter() - self._started
         results = {}
         for reply in replies:
@@ -179,17 +184,13 @@ class GloraStrategy(Strategy):
             results[client] = result
         missing = sorted(set(self._sampled) - set(results))
         extra = {"train_seconds": seconds, "missing_clients": missing, "attempt": self._attempt}
-        try:
-            record = self.server.aggregate([results[c] for c in sorted(results)], extra)
-        except AggregationError as err:
-            log(WARNING, "round %d, attempt %d: %s", server_round, self._attempt, err)
-            return None, None
+        record = self.server.aggregate([results[c] for c in sorted(results)], extra)
         left_out = sorted(set(self._sampled) - set(record["clients"]))
         if left_out:
             log(WARNING, "round %d: aggregated without clients %s (missing: %s, rejected: %s)",
                 server_round, left_out, missing, sorted(record.get("rejected", {})))
-        self._persist()
-        return None, metric_record(record, evaluation=False)
+        rounds.persist(self.server, self.out)
+        return record
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> list[Message]:
@@ -276,9 +277,3 @@ class GloraStrategy(Strategy):
             if pending:
                 time.sleep(self.poll_interval)
         return replies
-
-    def _persist(self) -> None:
-        """Checkpoint and ``metrics.jsonl``, both replaced atomically (as the simulator does)."""
-        self.server.save(self.checkpoint_path)
-        write_atomic(self.out / "metrics.jsonl", "".join(
-            json.dumps(h) + "\n" for h in self.server.state.history))

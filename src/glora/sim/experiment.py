@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -13,8 +12,8 @@ from tqdm.auto import tqdm
 
 from glora.atomic import write_atomic
 from glora.config import ExperimentConfig, save_config
-from glora.server import RunState
-from glora.sim.prepare import Prepared, prepare
+from glora.federation.prepare import Prepared, prepare
+from glora.federation.summary import summarize, write_summary
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 
@@ -48,10 +47,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int 
             if export and state.model.round == cfg.train.rounds:
                 prepared.export(state.model, out / method / "adapter")
             rows.append(summarize(sim.label, state, time.perf_counter() - started))
-    write_summary(rows, out)
-    from glora.sim.plots import plot_metric
-
-    plot_metric(out, cfg.methods, out / "metric_per_round.png")
+    write_summary(rows, out, cfg.methods)
     return rows
 
 
@@ -66,40 +62,3 @@ def untuned_row(prepared: Prepared, out: Path) -> dict[str, Any]:
            "wall_seconds": time.perf_counter() - started}
     write_atomic(path, json.dumps(row))
     return row
-
-
-def summarize(label: str, state: RunState, seconds: float) -> dict[str, Any]:
-    """One table row: final and best metrics, traffic and server time per round."""
-    hist = state.history
-    row: dict[str, Any] = {"method": label, "rounds": state.model.round}
-    evaluated = [h for h in hist if any(k.startswith("global_") for k in h)]
-    if evaluated:
-        last = evaluated[-1]
-        for k, v in last.items():
-            if k.startswith(("global_", "personal_")):
-                row[k] = v
-    if hist:
-        row["MB_up_per_round"] = sum(h["bytes_up"] for h in hist) / len(hist) / 1e6
-        row["MB_down_per_round"] = sum(h["bytes_down"] for h in hist) / len(hist) / 1e6
-        row["server_ms_per_round"] = 1000 * sum(h["server_seconds"] for h in hist) / len(hist)
-    row["wall_seconds"] = seconds
-    return row
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Rows as a Markdown table (metrics to 4 digits)."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_summary(rows: list[dict[str, Any]], out: Path) -> None:
-    """``summary.md`` and ``summary.csv`` beside the per-method results."""
-    (out / "summary.md").write_text(markdown_table(rows) + "\n")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)

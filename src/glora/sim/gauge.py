@@ -30,8 +30,8 @@ from glora.aggregation import get_method
 from glora.config import CHOICES, ExperimentConfig, save_config
 from glora.errors import ConfigError
 from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
-from glora.sim.experiment import markdown_table, summarize
-from glora.sim.prepare import Prepared, prepare
+from glora.federation.prepare import Prepared, prepare
+from glora.federation.summary import markdown_table, summarize
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 

@@ -14,19 +14,15 @@ same seeds) up to ``server.retries`` times; then the run stops with an
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from glora.atomic import write_atomic
 from glora.config import ExperimentConfig
-from glora.errors import AggregationError
-from glora.server import FederatedServer
-from glora.sim.prepare import Prepared
-
-log = logging.getLogger("glora.sim")
+from glora.contract import TrainResult, TrainTask
+from glora.federation import rounds
+from glora.federation.prepare import Prepared
+from glora.federation.server import FederatedServer
 
 
 class Simulation:
@@ -41,7 +37,7 @@ class Simulation:
     """
 
     def __init__(self, cfg: ExperimentConfig, method: str, prepared: Prepared, out_dir: Path,
-                 executor: Callable[[list], list]) -> None:
+                 executor: Callable[[list[TrainTask]], list[TrainResult]]) -> None:
         self.cfg, self.data, self.out, self.execute = cfg, prepared, Path(out_dir), executor
         self.server = FederatedServer(cfg, method, prepared, prepared.reply_schema(),
                                       [len(p) for p in prepared.parts])
@@ -53,20 +49,18 @@ class Simulation:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.out / rounds.CHECKPOINT
 
     def run(self, resume: bool = False, stop_after: int | None = None,
             progress: Callable[[dict[str, Any]], None] | None = None) -> FederatedServer:
         """Run the remaining rounds (``stop_after`` stops early, as an interruption would)."""
-        if resume and self.checkpoint_path.exists():
-            self.server.load(self.checkpoint_path)
-            self._write_metrics()  # the run may have died between the checkpoint and the log
+        if resume:
+            rounds.resume(self.server, self.out)
         while self.server.round < self.cfg.train.rounds:
             if stop_after is not None and self.server.round >= stop_after:
                 break
             record = self._round()
-            self.server.save(self.checkpoint_path)
-            self._write_metrics()
+            rounds.persist(self.server, self.out)
             if progress:
                 progress(record)
         return self.server
@@ -75,20 +69,10 @@ class Simulation:
         """Train and aggregate one round, running it again while too few replies are valid."""
         tasks = [dataclasses.replace(t, data=self.data.client_train(t.client_id))
                  for t in self.server.configure()]
-        attempts = self.cfg.server.retries + 1
-        for attempt in range(1, attempts + 1):
+
+        def attempt(_: int) -> dict[str, Any]:
             started = time.perf_counter()
             results = self.execute(tasks)
-            extra = {"train_seconds": time.perf_counter() - started}
-            try:
-                return self.server.aggregate(results, extra)
-            except AggregationError as err:
-                log.warning("attempt %d of %d: %s", attempt, attempts, err)
-                failure = err
-        raise AggregationError(f"{failure} Stopped after {attempts} attempt(s) "
-                               f"(`server.retries` = {attempts - 1}); {self.checkpoint_path} holds "
-                               f"round {self.server.round}.")
+            return self.server.aggregate(results, {"train_seconds": time.perf_counter() - started})
 
-    def _write_metrics(self) -> None:
-        write_atomic(self.out / "metrics.jsonl", "".join(
-            json.dumps(h) + "\n" for h in self.server.state.history))
+        return rounds.retry_round(self.server, attempt, self.checkpoint_path)

@@ -1,7 +1,7 @@
 """Run client tasks in worker processes, one torch thread each, so every core trains.
 
-Each worker builds its model cache once. Results do not depend on which worker ran a task: a
-task carries its own seeds.
+Each worker builds its model cache once, for whatever task the model spec names. Results do not
+depend on which worker ran a task: a task carries its own seeds.
 """
 
 from __future__ import annotations
@@ -13,25 +13,23 @@ from typing import Any
 
 import torch
 
-_CACHE: Any = None
+from glora.contract import TrainResult, TrainTask
+from glora.training.cache import ModelCache
+from glora.training.train import train_client
+
+_CACHE: ModelCache | None = None
 
 
 def _init(model_spec: dict[str, Any]) -> None:
     global _CACHE
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    if model_spec.get("kind") == "causal_lm":  # instruction tuning (glora.lm)
-        from glora.lm.models import CausalLMCache
-
-        _CACHE = CausalLMCache(**{k: v for k, v in model_spec.items() if k != "kind"})
-        return
-    from glora.models import ModelCache
-
     _CACHE = ModelCache(**model_spec)
 
 
-def _run(task: Any) -> Any:
-    return _CACHE.train_client(task)
+def _run(task: TrainTask) -> TrainResult:
+    assert _CACHE is not None, "worker not initialized"
+    return train_client(_CACHE, task)
 
 
 class ClientExecutor:
@@ -50,7 +48,7 @@ class ClientExecutor:
         else:
             _init(model_spec)
 
-    def __call__(self, tasks: list) -> list:
+    def __call__(self, tasks: list[TrainTask]) -> list[TrainResult]:
         if self.pool is None:
             return [_run(t) for t in tasks]
         return list(self.pool.map(_run, tasks))

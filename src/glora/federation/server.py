@@ -23,9 +23,11 @@ from glora.config import ExperimentConfig
 from glora.errors import AggregationError, InvalidUpdateError
 from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, split_adapter,
                                 upload_bytes)
-from glora.sim import checkpoint, plan
+from glora.contract import TrainTask
 
-log = logging.getLogger("glora.server")
+from . import checkpoint, plan
+
+log = logging.getLogger("glora.federation.server")
 
 
 class Evaluator(Protocol):
@@ -72,7 +74,7 @@ class FederatedServer:
         return self.state.model.round
 
     def scaling(self, client: int) -> float:
-        return plan.lora_scaling(self.cfg, self.ranks[client])
+        return plan.client_scaling(self.cfg, self.ranks[client])
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -86,10 +88,8 @@ class FederatedServer:
         log.info("%s: resuming after round %d", self.label, self.round)
 
     # -- a round -------------------------------------------------------------------------------
-    def configure(self, clients: list[int] | None = None) -> list:
+    def configure(self, clients: list[int] | None = None) -> list[TrainTask]:
         """The training tasks of this round (``data`` left empty: the engine attaches it)."""
-        from glora.client.train import TrainTask
-
         t = self.round
         clients = plan.sample_clients(self.cfg, t) if clients is None else clients
         model = self.state.model

@@ -13,6 +13,7 @@ import numpy as np
 
 from glora.aggregation import get_method
 from glora.config import ExperimentConfig, clients_per_round
+from glora.contract import lora_scaling
 
 
 def client_ranks(cfg: ExperimentConfig) -> list[int]:
@@ -45,9 +46,9 @@ def method_options(cfg: ExperimentConfig, method: str, ranks: list[int]) -> dict
     return options
 
 
-def lora_scaling(cfg: ExperimentConfig, rank: int) -> float:
-    """``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
-    return cfg.lora.alpha / (math.sqrt(rank) if cfg.lora.rslora else rank)
+def client_scaling(cfg: ExperimentConfig, rank: int) -> float:
+    """The LoRA scaling of a client of ``rank`` under the run's ``lora`` settings."""
+    return lora_scaling(cfg.lora.alpha, rank, cfg.lora.rslora)
 
 
 def round_lr(cfg: ExperimentConfig, round_: int) -> tuple[float, float | None]:

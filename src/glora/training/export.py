@@ -2,7 +2,8 @@
 
 Each adapted layer's total update ``delta`` (relative to the pretrained ``W0``) is factored by SVD
 at its numerical rank, so the adapter is exact (up to float rounding) with the fewest parameters,
-and layers may differ in rank (PEFT ``rank_pattern``). Load it with::
+and layers may differ in rank (PEFT ``rank_pattern``). The folder's README (the task's) says how
+to load it, for a classifier::
 
     base = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=...)
     model = PeftModel.from_pretrained(base, folder)
@@ -20,8 +21,10 @@ import torch
 from peft import get_peft_model
 from torch import Tensor
 
-from glora.models import LORA_A, LORA_B, PEFT_PREFIX, ModelCache, adapter_parameters, \
-    check_tensors, copy_into, lora_config, resolve_model
+from glora.global_model import LORA_A, LORA_B
+
+from .cache import (PEFT_PREFIX, ModelCache, adapter_parameters, check_tensors, copy_into,
+                    lora_config)
 
 METADATA_FILE = "glora.json"
 
@@ -47,8 +50,9 @@ def export_adapter(cache: ModelCache, deltas: dict[str, Tensor], head: dict[str,
     """Write the global model ``W0 + deltas`` with ``head`` as a PEFT adapter folder.
 
     Layers missing from ``deltas`` are unchanged (zero update); ``head`` ``None``/empty is the
-    initial head. Besides PEFT's files the folder holds ``glora.json`` (``metadata`` plus the
-    backbone, ``null`` for the packaged MiniLM-L6, and per-layer ranks) and a README.
+    initial head (a task without a head has none). Besides PEFT's files the folder holds
+    ``glora.json`` (``metadata`` plus the task, the backbone, ``null`` for the task's packaged
+    model, the number of labels of a classifier, and per-layer ranks) and the task's README.
 
     Returns:
         The rank of each layer's factors, by PEFT layer prefix.
@@ -63,9 +67,9 @@ def export_adapter(cache: ModelCache, deltas: dict[str, Tensor], head: dict[str,
     names = {k: k.removeprefix(PEFT_PREFIX) for k in cache.layers}
     pattern = {re.escape(names[k]): r for k, r in ranks.items() if r != common}
     # alpha = rank makes every layer's scaling 1, so B @ A is the layer's whole update.
-    config = lora_config(common, common, sorted(names.values()), rank_pattern=pattern,
-                         alpha_pattern=pattern)
-    config.base_model_name_or_path = cache.model_name or resolve_model(None)
+    config = lora_config(cache.task.peft_type, common, common, sorted(names.values()),
+                         rank_pattern=pattern, alpha_pattern=pattern)
+    config.base_model_name_or_path = cache.path
     model = get_peft_model(cache.fresh_base(), config)
     values = {k + suffix: t for k, (B, A) in factors.items()
               for suffix, t in ((LORA_B, B), (LORA_A, A))}
@@ -73,29 +77,9 @@ def export_adapter(cache: ModelCache, deltas: dict[str, Tensor], head: dict[str,
               "exported adapter")
     out = Path(path)
     model.save_pretrained(out)
-    info = {**(metadata or {}), "base_model": cache.model_name,
-            "num_labels": cache.num_labels, "ranks": {names[k]: r for k, r in ranks.items()}}
+    info = {**(metadata or {}), "task": cache.task.name, "base_model": cache.model_name,
+            **({"num_labels": cache.num_labels} if cache.head_init else {}),
+            "ranks": {names[k]: r for k, r in ranks.items()}}
     (out / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    (out / "README.md").write_text(_readme(info))
+    (out / "README.md").write_text(cache.task.adapter_readme(info))
     return ranks
-
-
-def _readme(info: dict[str, Any]) -> str:
-    ranks = sorted(set(info["ranks"].values()))
-    if info["base_model"] is None:
-        imports, backbone = ["from glora.models import default_model_path"], "default_model_path()"
-    else:
-        imports, backbone = [], repr(info["base_model"])
-    lines = [f"# glora adapter: {info.get('method', 'global model')}", "",
-             "A LoRA adapter exported by glora: each layer's factors are the SVD of the global "
-             "model's total update at its numerical rank (scaling 1), and the classifier head is "
-             "saved as `modules_to_save`.", "",
-             *(f"- {k}: {v}" for k, v in info.items() if k != "ranks" and v is not None),
-             f"- layer ranks: {ranks[0]}..{ranks[-1]} over {len(info['ranks'])} layers "
-             f"(per layer in `{METADATA_FILE}`)", "", "```python",
-             "from peft import PeftModel",
-             "from transformers import AutoModelForSequenceClassification", *imports, "",
-             f"base = AutoModelForSequenceClassification.from_pretrained({backbone}, "
-             f"num_labels={info['num_labels']})",
-             "model = PeftModel.from_pretrained(base, 'path/to/this/folder')", "```", ""]
-    return "\n".join(lines)

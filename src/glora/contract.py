@@ -1,0 +1,99 @@
+"""What the server asks of a client and what the client returns, whatever the engine.
+
+A :class:`TrainTask` carries everything that decides the result (start weights, data, seeds), so
+a client's result is bit-for-bit the same whichever process runs it, and whatever ran there before.
+This module imports no model code: the server, the engines and the wire format use it as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class TrainTask:
+    """What a client trains from and how.
+
+    Args:
+        client_id, round: who and when (they seed the batch order together with ``seed``).
+        rank: LoRA rank of this client's adapter.
+        seed: seed of the batch order and dropout.
+        adapter: start adapter (PEFT keys without the adapter name, ``lora_A``/``lora_B`` of
+            ``rank``); ``None``: a fresh PEFT-style init drawn from ``init_seed``. All-zero rows of
+            ``lora_A`` (a readout padded to a larger rank) are re-initialized the same way.
+        init_seed: seed of fresh or re-initialized ``lora_A`` rows; the same for every client of
+            a round unless ``train.init=independent`` (:func:`glora.federation.plan.init_seed`).
+        head: classifier head to start from (``modules_to_save`` keys); ``None``: the initial head.
+        base: layer prefix -> dense ``d_out x d_in`` delta added to that layer's frozen weight
+            (FLoRA merges, FedEx-LoRA residuals); empty for most methods.
+        frozen: factors not trained, from ``("A", "B")`` (FFA-LoRA freezes ``A``).
+        data: the client's examples as tensors of one row each (the task says which: for
+            classification ``(input_ids, attention_mask[, token_type_ids], labels)``).
+        steps, batch_size, lr, optimizer, weight_decay: the local optimization.
+        head_lr: learning rate of the classification head (``None``: ``lr``).
+    """
+
+    client_id: int
+    round: int
+    rank: int
+    seed: int
+    adapter: dict[str, Tensor] | None
+    init_seed: int
+    head: dict[str, Tensor] | None
+    base: dict[str, Tensor]
+    frozen: tuple[str, ...]
+    data: tuple[Tensor, ...]
+    steps: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    head_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = [f"`{name}` must be a positive integer, got {value!r}."
+                    for name, value in (("rank", self.rank), ("steps", self.steps),
+                                        ("batch_size", self.batch_size))
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+        for name, value in (("lr", self.lr), ("head_lr", 1.0 if self.head_lr is None
+                                              else self.head_lr)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                problems.append(f"`{name}` must be a positive number, got {value!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"`optimizer` must be one of {list(OPTIMIZERS)}, "
+                            f"got {self.optimizer!r}.")
+        if not set(self.frozen) <= {"A", "B"}:
+            problems.append(f"`frozen` may hold only 'A' and 'B', got {self.frozen!r}.")
+        if self.data:  # empty: the engine attaches the client's data before training
+            problems += self.data_problems()
+        if problems:
+            raise ValueError(f"client {self.client_id}, round {self.round}: " + " ".join(problems))
+
+    def data_problems(self) -> list[str]:
+        """What is wrong with ``data`` whatever the task: tensors of one row per example."""
+        if not self.data or len({len(t) for t in self.data}) != 1 or len(self.data[0]) == 0:
+            return ["`data` must be tensors with one row per example, got "
+                    f"{len(self.data)} tensors of lengths {[len(t) for t in self.data]}."]
+        return []
+
+
+@dataclass
+class TrainResult:
+    """A client's whole adapter and head after local training (CPU tensors, detached copies)."""
+
+    client_id: int
+    adapter: dict[str, Tensor]
+    head: dict[str, Tensor]
+    num_examples: int
+    train_loss: float  # mean training loss over the local steps
+    seconds: float
+
+
+def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:
+    """LoRA's scaling of ``B A``: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
+    return alpha / (math.sqrt(rank) if rslora else rank)

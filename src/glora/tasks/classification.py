@@ -1,0 +1,218 @@
+"""Sequence classification (and regression): a ``*ForSequenceClassification`` model whose head is
+trained whole, cross-entropy (or MSE) loss, accuracy/F1-style metrics.
+
+Data come from :func:`glora.data.load_dataset` (Rotten Tomatoes, GLUE, CSV/JSONL files),
+tokenized once (:mod:`.tokenize`). A global model is scored as dense weights ``W0 + delta`` in a
+plain copy of the backbone, one forward pass per batch whatever the method and the ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import TaskType
+from torch import Tensor, nn
+
+from glora.backbones import default_model_path, load_tokenizer, resolve_model
+from glora.errors import ConfigError
+
+from .base import TaskData, register_task
+from .tokenize import batch_inputs, tokenize
+
+#: What PEFT saves as ``modules_to_save`` for SEQ_CLS.
+HEAD_MODULES = ("classifier", "score")
+MetricFn = Callable[[Tensor, Tensor], dict[str, float]]
+
+
+@torch.no_grad()
+def logits(model: nn.Module, data: Sequence[Tensor], batch_size: int = 128) -> Tensor:
+    """Logits (``n x num_labels``, float32 CPU) of any Hugging Face classifier, plain or PEFT.
+
+    Examples are batched by length (then put back in order), so a batch is padded only to the
+    length of similar examples: on sentences this halves the tokens a pass computes.
+    """
+    model.eval()
+    order = torch.argsort(data[1].sum(dim=1), stable=True)
+    out = torch.cat([model(**batch_inputs(data, order[i:i + batch_size])[0]).logits.float()
+                     for i in range(0, len(order), batch_size)])
+    return out[torch.argsort(order)]
+
+
+def to_predictions(out: Tensor) -> Tensor:
+    """Class ids (argmax), or the values of a one-output regression head."""
+    return out[:, 0] if out.shape[1] == 1 else out.argmax(dim=1)
+
+
+def named_metrics(names: Sequence[str], preds: Tensor, labels: Tensor) -> dict[str, float]:
+    """Metrics by name from :mod:`glora.data.metrics`."""
+    from glora.data.metrics import compute_metrics
+
+    return compute_metrics(list(names), preds.numpy(), labels.numpy())
+
+
+def score(model: nn.Module, data: Sequence[Tensor],
+          metrics: Sequence[str] | MetricFn = ("accuracy",),
+          batch_size: int = 128) -> dict[str, float]:
+    """Metrics of ``model`` on tokenized ``data``, plus its mean ``loss`` (cross-entropy, or MSE
+    for regression).
+
+    Args:
+        metrics: names from ``glora.data.metrics.METRICS``, or a function
+            ``(predictions, labels) -> {name: value}``.
+    """
+    out = logits(model, data, batch_size)
+    labels = data[-1]
+    preds = to_predictions(out)
+    scores = metrics(preds, labels) if callable(metrics) else named_metrics(metrics, preds, labels)
+    loss = F.mse_loss(preds, labels.float()) if out.shape[1] == 1 else F.cross_entropy(out, labels)
+    return {**{k: float(v) for k, v in scores.items()}, "loss": float(loss)}
+
+
+def load_classifier(path: str, num_labels: int, problem_type: str | None = None,
+                    seed: int = 0) -> nn.Module:
+    """A sequence classifier on the backbone at ``path`` (folder or hub id), in eval mode.
+
+    The new classification head is initialized from ``seed`` (the caller's RNG is left as it
+    was), so every process that loads the same model gets the same head.
+
+    Args:
+        problem_type: Hugging Face's ``single_label_classification`` or ``regression``; ``None``
+            infers it from ``num_labels`` and the label dtype.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    extra = {} if problem_type is None else {"problem_type": problem_type}
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
+    hf_logging.disable_progress_bar()  # one bar per worker process and evaluation is noise
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                     **extra)
+    except OSError as err:
+        raise ConfigError(f"cannot load model {path!r}: {err}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return net.eval()
+
+
+@dataclass
+class ClassificationData(TaskData):
+    """Tokenized training and test sets (``input_ids, attention_mask[, token_type_ids], labels``)."""
+
+    test: tuple[Tensor, ...] = ()
+
+    def evaluate(self, model: nn.Module, prefix: str, client: int | None = None,
+                 batch_size: int = 128) -> dict[str, float]:
+        data = self.test
+        if client is not None:
+            idx = torch.tensor(self.test_parts[client])
+            data = tuple(t[idx] for t in self.test)
+        return {prefix + k: float(v) for k, v in score(model, data, self.metrics,
+                                                       batch_size).items()}
+
+
+class ClassificationTask:
+    """Sequence classification or regression on a ``*ForSequenceClassification`` model."""
+
+    name = "classification"
+    peft_type = TaskType.SEQ_CLS
+    default_targets = ("query", "value")
+
+    def claims(self, dataset: str) -> bool:
+        return False  # the default task: whatever no other task claims
+
+    def resolve(self, model: str | None) -> str:
+        return resolve_model(model, default_model_path)
+
+    def load_model(self, path: str, num_labels: int, problem_type: str | None,
+                   seed: int) -> nn.Module:
+        return load_classifier(path, num_labels, problem_type, seed)
+
+    def head_modules(self, model: nn.Module) -> tuple[str, ...]:
+        heads = tuple(n for n, _ in model.named_children() if n in HEAD_MODULES)
+        if not heads:
+            raise ConfigError(f"model {type(model).__name__} has no classification head named "
+                              f"one of {list(HEAD_MODULES)}; use a *ForSequenceClassification "
+                              "model.")
+        return heads
+
+    def data_problems(self, data: tuple[Tensor, ...]) -> list[str]:
+        if len(data) not in (3, 4):
+            return ["`data` must be (input_ids, attention_mask[, token_type_ids], labels), got "
+                    f"{len(data)} tensors."]
+        return []
+
+    def loss(self, model: nn.Module, data: tuple[Tensor, ...], idx: Tensor) -> Tensor:
+        inputs, labels = batch_inputs(data, idx)
+        return model(**inputs, labels=labels).loss
+
+    def prepare(self, cfg: Any) -> ClassificationData:
+        """Load, split, partition and tokenize; errors name the dataset and the client."""
+        from glora.data import load_dataset, partition
+
+        splits = load_dataset(cfg.data.dataset, test_file=cfg.data.test_file, seed=cfg.seed)
+        train, test = splits.train, splits.test
+        cap = cfg.data.max_test_examples
+        if cap and len(test) > cap:
+            g = torch.Generator().manual_seed(cfg.seed)
+            test = test.subset(sorted(torch.randperm(len(test), generator=g)[:cap].tolist()))
+        n = cfg.data.num_clients
+        if cfg.data.partition == "iid":
+            parts = partition.iid(len(train), n, cfg.seed)
+        elif cfg.data.partition == "dirichlet":
+            if train.task_type == "regression":
+                raise ConfigError(f"`data.partition=dirichlet` skews labels by class, but "
+                                  f"{cfg.data.dataset!r} is a regression task; use iid.")
+            parts = partition.dirichlet(train.labels, n, cfg.data.alpha, cfg.seed,
+                                        min_size=cfg.data.min_client_size)
+        else:
+            if getattr(train, "tasks", None) is None:
+                raise ConfigError(f"`data.partition=task` needs a dataset with tasks; "
+                                  f"{cfg.data.dataset!r} has none. Use iid or dirichlet.")
+            parts = partition.by_task(train.tasks, n, cfg.seed)
+        if train.task_type == "regression":  # no classes to match: an even split of the test set
+            test_parts = partition.iid(len(test), n, cfg.seed)
+        else:
+            test_parts = partition.match_label_proportions(parts, train.labels, test.labels,
+                                                           cfg.seed)
+        model_spec = {"task": self.name, "model": cfg.model.name, "num_labels": train.num_labels,
+                      "target_modules": list(cfg.model.target_modules), "alpha": cfg.lora.alpha,
+                      "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
+                      "max_rank": max(cfg.lora.ranks)}
+        tokenizer = load_tokenizer(self.resolve(cfg.model.name))
+        return ClassificationData(model_spec, tokenize(tokenizer, train, cfg.data.max_length),
+                                  parts, test_parts, tuple(train.metrics),
+                                  test=tokenize(tokenizer, test, cfg.data.max_length))
+
+    def adapter_readme(self, info: dict[str, Any]) -> str:
+        ranks = sorted(set(info["ranks"].values()))
+        if info["base_model"] is None:
+            imports = ["from glora.backbones import default_model_path"]
+            backbone = "default_model_path()"
+        else:
+            imports, backbone = [], repr(info["base_model"])
+        lines = [f"# glora adapter: {info.get('method', 'global model')}", "",
+                 "A LoRA adapter exported by glora: each layer's factors are the SVD of the global "
+                 "model's total update at its numerical rank (scaling 1), and the classifier head "
+                 "is saved as `modules_to_save`.", "",
+                 *(f"- {k}: {v}" for k, v in info.items() if k != "ranks" and v is not None),
+                 f"- layer ranks: {ranks[0]}..{ranks[-1]} over {len(info['ranks'])} layers "
+                 "(per layer in `glora.json`)", "", "```python",
+                 "from peft import PeftModel",
+                 "from transformers import AutoModelForSequenceClassification", *imports, "",
+                 f"base = AutoModelForSequenceClassification.from_pretrained({backbone}, "
+                 f"num_labels={info['num_labels']})",
+                 "model = PeftModel.from_pretrained(base, 'path/to/this/folder')", "```", ""]
+        return "\n".join(lines)
+
+
+register_task(ClassificationTask())

@@ -1,0 +1,119 @@
+"""One client's local training for any task, independent of any engine (simulator or Flower).
+
+:func:`train_client` takes a :class:`~glora.contract.TrainTask` and returns a
+:class:`~glora.contract.TrainResult`; the cache's task supplies the loss of a batch and checks the
+client's data, so classification and causal-LM clients share this loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from glora.contract import TrainResult, TrainTask
+from glora.global_model import LORA_A, LORA_B
+
+from .cache import Adapter, ModelCache, check_tensors, copy_into
+
+
+def init_lora_A(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
+    """PEFT's default ``lora_A`` init (Kaiming-uniform, ``a = sqrt(5)``), from ``generator``."""
+    return torch.nn.init.kaiming_uniform_(torch.empty(shape), a=math.sqrt(5), generator=generator)
+
+
+def start_adapter(task: TrainTask, adapter: Adapter) -> dict[str, Tensor]:
+    """The task's start factors, with all-zero ``lora_A`` rows re-initialized.
+
+    A zero row ``i`` of ``A`` makes column ``i`` of ``B`` irrelevant, so that column is zeroed:
+    the start update ``s B A`` is unchanged, and the new row can train. A fresh start is the
+    case where every row is zero. Each layer draws its init in key order from ``init_seed``,
+    whether or not it needs it, so one layer's state never shifts another's draw.
+    """
+    shapes = {k: tuple(p.shape) for k, p in adapter.lora.items()}
+    given = task.adapter if task.adapter is not None else \
+        {k: torch.zeros(s) for k, s in shapes.items()}
+    check_tensors(shapes, given, f"rank-{task.rank} adapter")
+    g = torch.Generator().manual_seed(task.init_seed)
+    start = {}
+    for key_a in sorted(k for k in shapes if k.endswith(LORA_A)):
+        key_b = key_a.removesuffix(LORA_A) + LORA_B
+        A, B = given[key_a], given[key_b]
+        fresh = init_lora_A(shapes[key_a], g)
+        dead = A.abs().amax(dim=1) == 0
+        if bool(dead.any()):
+            A, B = A.clone(), B.clone()
+            A[dead], B[:, dead] = fresh[dead], 0.0
+        start[key_a], start[key_b] = A, B
+    return start
+
+
+def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Example indices of each step: consecutive slices of a stream of shuffled epochs."""
+    size = min(batch_size, n)
+    stream = torch.empty(0, dtype=torch.long)
+    batches = []
+    for _ in range(steps):
+        if len(stream) < size:
+            stream = torch.cat([stream, torch.randperm(n, generator=generator)])
+        batches.append(stream[:size])
+        stream = stream[size:]
+    return batches
+
+
+def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
+    """Train one client's adapter (and head, where the task has one) from the task's start;
+    return copies of both.
+
+    The LoRA settings (alpha, rsLoRA, dropout, target modules) and the task are the cache's.
+    """
+    problems = task.data_problems() or cache.task.data_problems(task.data)
+    if problems:
+        raise ValueError(f"client {task.client_id}, round {task.round}: {problems[0]}")
+    started = time.perf_counter()
+    adapter = cache.adapter(task.rank)
+    copy_into(adapter.lora, start_adapter(task, adapter), f"rank-{task.rank} adapter")
+    copy_into(adapter.head, task.head or cache.head_init, "head")
+    cache.load_base(adapter.base_layers, task.base)
+
+    frozen = tuple(LORA_A if f == "A" else LORA_B for f in task.frozen)
+    groups = [{"params": [p for k, p in sorted(adapter.lora.items()) if not k.endswith(frozen)]},
+              {"params": [p for _, p in sorted(adapter.head.items())],
+               "lr": task.lr if task.head_lr is None else task.head_lr}]
+    groups = [g for g in groups if g["params"]]  # a task without a head trains LoRA alone
+    model = adapter.model.requires_grad_(False)
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    if task.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=task.lr,
+                                                       weight_decay=task.weight_decay)
+    else:
+        opt = torch.optim.SGD(groups, lr=task.lr, weight_decay=task.weight_decay)
+
+    batch_seed, dropout_seed = np.random.SeedSequence(
+        [task.seed, task.round, task.client_id]).generate_state(2)
+    order = batch_order(len(task.data[0]), task.steps, task.batch_size,
+                        torch.Generator().manual_seed(int(batch_seed)))
+    losses = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(dropout_seed))
+        model.train()
+        try:
+            for idx in order:
+                loss = cache.task.loss(model, task.data, idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+        finally:
+            model.eval().requires_grad_(False)
+    return TrainResult(
+        client_id=task.client_id,
+        adapter={k: p.detach().clone() for k, p in adapter.lora.items()},
+        head={k: p.detach().clone() for k, p in adapter.head.items()},
+        num_examples=len(task.data[0]), train_loss=sum(losses) / len(losses),
+        seconds=time.perf_counter() - started)
