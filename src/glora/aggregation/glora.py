@@ -35,8 +35,13 @@ from .base import ClientUpdate, MethodConfig, ServerState
 from .registry import MethodSpec, register_method
 
 CONSENSUS = ("uniform", "energy")
-#: Default tie tolerance in machine epsilons (see ``GLoRAConfig.tie_rtol``).
-DEFAULT_TIE_ULPS = 100.0
+#: Default tie tolerance in machine epsilons, by dtype (see ``GLoRAConfig.tie_rtol``).
+DEFAULT_TIE_ULPS = {torch.float64: 1000.0, torch.float32: 100.0}
+
+
+def default_tie_rtol(dtype: torch.dtype) -> float:
+    """The default ``tie_rtol`` of factors of ``dtype`` (:data:`DEFAULT_TIE_ULPS` epsilons)."""
+    return DEFAULT_TIE_ULPS.get(dtype, 100.0) * torch.finfo(dtype).eps
 
 
 @dataclass
@@ -53,14 +58,16 @@ class GLoRAConfig(MethodConfig):
         two_sided (`bool`, defaults to `False`): also take a right consensus from the row spaces.
         tie_rtol (`float`, *optional*): eigenvalues of ``K`` closer than ``tie_rtol * lambda_1``
             tie, and a tie across ``rank`` is broken by the exact average; ``0`` turns this off.
-            Defaults to ``DEFAULT_TIE_ULPS`` (100) machine epsilons of the dtype (1.2e-5 in
-            float32, 2.2e-14 in float64). Computed exact ties spread by about ``eps * kappa``
-            (``kappa`` the condition number of the clients' factors: measured <= 8e-6 in
-            float32 and <= 7e-15 in float64 for ``kappa <= 100``), so they are caught up to
-            ``kappa ~ 100``; eigenvalues that are merely close (a bulk of client noise, spaced
-            ~1e-5 there) are not tied: on the benchmark's clients (d=4096, N=100, r=8, R=16)
-            the float32 result changed by <= 1.5e-5 under gauges of condition <= 1e3 without
-            a tie-break, whereas the square root of eps (3e-4) tied ~790 of them.
+            Defaults to :func:`default_tie_rtol`: 1000 machine epsilons in float64 (2.2e-13),
+            100 in float32 (1.2e-5). Computed exact ties spread by about ``eps * kappa``
+            (``kappa`` the condition number of the clients' factors): measured up to 400
+            epsilons in float64 for ``kappa = 100`` (four orthogonal clients of equal weight,
+            tests/aggregation/test_glora.py), and <= 8e-6 in float32 for ``kappa <= 100``, so
+            ties are caught up to ``kappa ~ 100``. In float32 the bound cannot be wider:
+            eigenvalues that are merely close (a bulk of client noise, spaced ~1e-5 there) are
+            not tied: on the benchmark's clients (d=4096, N=100, r=8, R=16) the float32 result
+            changed by <= 1.5e-5 under gauges of condition <= 1e3 without a tie-break, whereas
+            the square root of eps (3e-4) tied ~790 of them.
     """
 
     rank: int | None = None
@@ -322,8 +329,7 @@ def aggregate_glora(updates: list[ClientUpdate], p: list[float], config: GLoRACo
     """
     dtype = updates[0].B.dtype
     rank = config.rank or max(u.rank for u in updates)
-    tie_rtol = DEFAULT_TIE_ULPS * torch.finfo(dtype).eps if config.tie_rtol is None \
-        else config.tie_rtol
+    tie_rtol = default_tie_rtol(dtype) if config.tie_rtol is None else config.tie_rtol
     left, right = client_spaces(updates, p, config.consensus)
     if not left:
         d_out, d_in = updates[0].B.shape[0], updates[0].A.shape[1]
