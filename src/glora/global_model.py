@@ -107,9 +107,13 @@ class GlobalModel:
         return start
 
     def start_head(self, local: dict[str, Tensor] | None = None) -> dict[str, Tensor] | None:
-        """The head a client starts from: its own where the method keeps heads local."""
-        if "head" in get_method(self.method).local and local:
-            return {k: v for k, v in local.items() if k in self.head} or None
+        """The head a client starts from (``None``: the initial head).
+
+        Where the method keeps heads local (FedSA-LoRA) that is the client's own, and a newcomer
+        (no ``local``) keeps its fresh one: the averaged head serves global evaluation only.
+        """
+        if "head" in get_method(self.method).local:
+            return {k: v for k, v in (local or {}).items() if k in self.head} or None
         return self.head or None
 
     def download_bytes(self, rank: int, scaling: float) -> int:
