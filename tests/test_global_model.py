@@ -1,10 +1,15 @@
-"""The model-level server state: what each client starts from and what that costs to send."""
+"""The model-level server state: what each client starts from, what that costs to send, and
+which work the server times as its own."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
+from glora import global_model, server
+from glora.config import load_config
 from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
 
 RANK, SCALING = 2, 8.0
@@ -42,3 +47,29 @@ def test_shared_heads_go_to_newcomers_and_are_counted():
     assert torch.allclose(model.start_head(None)["h"], torch.full((3,), 11 / 21))
     start = model.start_adapter(RANK, SCALING)
     assert model.download_bytes(RANK, SCALING) == nbytes(start) + nbytes(model.head)
+
+
+def test_flora_merge_is_timed_as_client_work_not_server_work(monkeypatch):
+    """A fake clock that jumps 1000 s inside the dense ``L @ R``: only the merge's time sees it."""
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    def slow_dense(update):
+        now[0] += 1000.0
+        return dense(update)
+
+    dense = global_model._dense
+    monkeypatch.setattr(server.time, "perf_counter", tick)
+    monkeypatch.setattr(global_model, "_dense", slow_dense)
+    cfg = load_config(None, ["data.num_clients=2", f"lora.ranks=[{RANK}]", "methods=[flora]"])
+    srv = server.FederatedServer(cfg, "flora", None)
+    srv.configure([0, 1])
+    record = srv.aggregate([SimpleNamespace(client_id=r.client_id, adapter=r.adapter, head=r.head,
+                                            num_examples=r.num_examples, train_loss=0.5)
+                            for r in (reply(0), reply(1))])
+    assert record["server_seconds"] < 1000 <= record["client_merge_seconds"]
+    layer = srv.state.model.layers["p"]
+    assert torch.allclose(srv.state.model.base["p"], layer.left @ layer.right)
