@@ -8,7 +8,7 @@ keeps it local (FedSA-LoRA).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -107,9 +107,13 @@ class GlobalModel:
         return start
 
     def start_head(self, local: dict[str, Tensor] | None = None) -> dict[str, Tensor] | None:
-        """The head a client starts from: its own where the method keeps heads local."""
-        if "head" in get_method(self.method).local and local:
-            return {k: v for k, v in local.items() if k in self.head} or None
+        """The head a client starts from (``None``: the initial head).
+
+        Where the method keeps heads local (FedSA-LoRA) that is the client's own, and a newcomer
+        (no ``local``) keeps its fresh one: the averaged head serves global evaluation only.
+        """
+        if "head" in get_method(self.method).local:
+            return {k: v for k, v in (local or {}).items() if k in self.head} or None
         return self.head or None
 
     def download_bytes(self, rank: int, scaling: float) -> int:
@@ -133,8 +137,13 @@ def upload_bytes(method: str, reply: ClientReply) -> int:
     return n
 
 
-def aggregate_model(previous: GlobalModel, replies: list[ClientReply]) -> GlobalModel:
+def aggregate_model(previous: GlobalModel, replies: list[ClientReply], *,
+                    merge: bool = True) -> GlobalModel:
     """One server step over every layer; returns a new :class:`GlobalModel` (``previous`` intact).
+
+    ``merge=False`` stops after the server's own work: this round's base updates are left out
+    of ``base`` (it is ``previous``'s) for :func:`merge_base` to fold, so a caller can time the
+    clients' part of the protocol apart from the server's.
 
     Raises:
         InvalidUpdateError: naming the layer and the client (its index in ``replies``).
@@ -156,15 +165,26 @@ def aggregate_model(previous: GlobalModel, replies: list[ClientReply]) -> Global
             layers[key] = aggregate(previous.method, updates, **previous.options)
         except InvalidUpdateError as err:
             raise InvalidUpdateError(err.reason, err.client, key) from None
-    base = {k: v.clone() for k, v in previous.base.items()}
-    for key, state in layers.items():
-        dense = _dense(state.base_update())
-        if dense is not None:
-            base[key] = base[key] + dense if key in base else dense
     # Heads are averaged for every method; where the method keeps heads local (FedSA-LoRA) this
     # average serves global evaluation only and is never sent down.
     head = _average_heads(replies)
-    return GlobalModel(previous.method, dict(previous.options), previous.round + 1, layers, base, head)
+    model = GlobalModel(previous.method, dict(previous.options), previous.round + 1, layers,
+                        dict(previous.base), head)
+    return merge_base(model) if merge else model
+
+
+def merge_base(model: GlobalModel) -> GlobalModel:
+    """``model`` with its layers' base updates folded into ``base``, once per round.
+
+    This is each client's work in the protocols: it merges them into its own frozen weight
+    (FLoRA's dense ``L @ R``, FedEx-LoRA's residual); the server keeps the sum for evaluation.
+    """
+    base = {k: v.clone() for k, v in model.base.items()}
+    for key, state in model.layers.items():
+        dense = _dense(state.base_update())
+        if dense is not None:
+            base[key] = base[key] + dense if key in base else dense
+    return replace(model, base=base)
 
 
 def _dense(update: Tensor | tuple[Tensor, Tensor] | None) -> Tensor | None:

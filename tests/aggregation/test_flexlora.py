@@ -29,8 +29,20 @@ def test_readout_is_best_rank_r(path, r, s):
     B, A = glora.aggregate("flexlora", ups, path=path).readout(r, s)
     assert B.shape == (ups[0].B.shape[0], r) and A.shape == (r, ups[0].A.shape[1])
     assert rel(s * B @ A, best_rank(exact_average(ups), r)) < 1e-12
-    # Balanced factors: B^T B s = A A^T s (both the diagonal of singular values).
-    assert rel(s * B.mT @ B, s * A @ A.mT) < 1e-12
+
+
+@pytest.mark.parametrize("r, s", [(1, 8.0), (3, 8 / 3), (4, 2.0)])
+def test_default_split_is_the_published_one_and_keeps_the_product(r, s):
+    ups = make_clients((2, 4, 3))
+    B, A = glora.aggregate("flexlora", ups).readout(r, s)
+    Bs, As = glora.aggregate("flexlora", ups, split="symmetric").readout(r, s)
+    # Published: A = V_r^T has orthonormal rows, B = U_r S_r / s carries the singular values.
+    assert rel(A @ A.mT, torch.eye(r, dtype=A.dtype)) < 1e-12
+    S = torch.linalg.svdvals(exact_average(ups))[:r]
+    assert rel(s * B.mT @ B, torch.diag(S**2 / s)) < 1e-12
+    # Symmetric: balanced factors, s B^T B = s A A^T (the diagonal of singular values).
+    assert rel(s * Bs.mT @ Bs, s * As @ As.mT) < 1e-12
+    assert rel(B @ A, Bs @ As) < 1e-12
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -54,8 +66,10 @@ def test_server_rank_option_and_exactness():
     assert torch.all(B[:, 9:] == 0) and rel(B @ A, exact_average(ups)) < 1e-12
 
 
-@pytest.mark.parametrize("options, message", [({"path": "svd"}, "`path` must be one of"),
-                                              ({"rank": 0}, "`rank` must be a positive integer")])
+@pytest.mark.parametrize("options, message", [
+    ({"path": "svd"}, "`path` must be one of"),
+    ({"rank": 0}, "`rank` must be a positive integer"),
+    ({"split": "balanced"}, r"`split` must be one of \('symmetric', 'published'\)")])
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(ConfigError, match=message):
         glora.aggregate("flexlora", make_clients(), **options)

@@ -15,19 +15,44 @@ def averages(ups):
     return sum(pi * u.B for pi, u in zip(p, ups)), sum(pi * u.A for pi, u in zip(p, ups))
 
 
+def ridge(s, A, lam):
+    """The absolute ridge weight: ``lam`` times the mean eigenvalue of ``s^2 A A^T``."""
+    return lam * float((s**2 * A @ A.mT).trace()) / A.shape[0]
+
+
 @pytest.mark.parametrize("lam", [0.0, 0.01, 3.0])
 def test_correction_matches_the_closed_form(lam):
     ups = make_clients((3, 3, 3))
     B, A = averages(ups)
     s, D = ups[0].scaling, exact_average(ups)
-    G = s**2 * A @ A.mT + lam * torch.eye(3, dtype=A.dtype)
-    X = (s * D @ A.mT + lam * B) @ torch.linalg.inv(G)
+    mu = ridge(s, A, lam)
+    G = s**2 * A @ A.mT + mu * torch.eye(3, dtype=A.dtype)
+    X = (s * D @ A.mT + mu * B) @ torch.linalg.inv(G)
     state = glora.aggregate("lorafair", ups, lam=lam)
     assert rel(state.B, X) < 1e-12 and rel(state.A, A) < 1e-14 and state.scaling == s
     assert state.info["correction_norm"] == pytest.approx(float((X - B).norm()), rel=1e-10)
-    # X is the minimizer: the gradient of ||D - s X A||^2 + lam ||X - B||^2 vanishes.
-    grad = -s * (D - s * X @ A) @ A.mT + lam * (X - B)
+    assert state.info["ridge"] == pytest.approx(mu, rel=1e-12)
+    # X is the minimizer: the gradient of ||D - s X A||^2 + mu ||X - B||^2 vanishes.
+    grad = -s * (D - s * X @ A) @ A.mT + mu * (X - B)
     assert grad.norm() < 1e-10 * (s * D @ A.mT).norm()
+
+
+def test_zero_lambda_is_the_pure_least_squares_fit():
+    ups = make_clients((3, 3, 3))
+    _, A = averages(ups)
+    s, D = ups[0].scaling, exact_average(ups)
+    X = torch.linalg.lstsq(s * A.mT, D.mT).solution.mT  # argmin ||D - s X A||_F
+    assert rel(glora.aggregate("lorafair", ups, lam=0.0).B, X) < 1e-12
+
+
+@pytest.mark.parametrize("k", [1e-2, 1e2])
+def test_lambda_is_relative_to_the_data_term(k):
+    """Clients sending ``(B_i / k, k A_i)`` (the same updates) get the same corrected update."""
+    ups = make_clients((3, 3, 3))
+    scaled = [glora.ClientUpdate(u.B / k, u.A * k, u.num_examples, u.scaling) for u in ups]
+    for lam in (0.01, 1.0):
+        state = glora.aggregate("lorafair", ups, lam=lam)
+        assert rel(glora.aggregate("lorafair", scaled, lam=lam).delta(), state.delta()) < 1e-12
 
 
 def test_correction_never_increases_the_error_and_default_is_light():

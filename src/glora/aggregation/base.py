@@ -98,17 +98,19 @@ class ServerState:
 
 @dataclass
 class LowRankState(ServerState):
-    """Global update ``left @ right``; readout is its best rank-``r`` approximation."""
+    """Global update ``left @ right``; readout is its best rank-``r`` approximation, its singular
+    values divided between ``B`` and ``A`` as ``split`` says (:func:`linalg.split_factors`)."""
 
     left: Tensor  # d_out x k
     right: Tensor  # k x d_in
+    split: str = "symmetric"
 
     def delta(self) -> Tensor:
         return self.left @ self.right
 
     def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor] | None:
         U, S, Vh = linalg.lowrank_svd(self.left, self.right)
-        return linalg.split_factors(U, S, Vh, rank, scaling)
+        return linalg.split_factors(U, S, Vh, rank, scaling, self.split)
 
 
 @dataclass

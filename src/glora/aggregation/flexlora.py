@@ -9,6 +9,10 @@ the best rank-``r`` truncation. Two paths give the same result:
 - ``"dense"``: build ``sum_i p_i dW_i`` and take ``torch.linalg.svd`` (as published).
 
 The state keeps the best rank-``R`` approximation of the exact average (``R`` the server rank).
+A client of rank ``r`` and scaling ``s`` gets, as the official code splits it (``split=
+"published"``, default), ``B = U_r S_r / s`` and ``A = V_r^T`` (orthonormal rows of ``A``);
+``split="symmetric"`` gives GLoRA's balanced ``S_r^(1/2)`` on each factor. The product
+``s B A`` is the same either way; what differs is where the next round's training starts.
 Both paths compute in float64 and return the input dtype: the truncation amplifies rounding by
 ``sigma_1 / (sigma_R - sigma_R+1)``, and float32 factors of a badly conditioned gauge (``B M``,
 ``M^-1 A``) would otherwise make the result gauge-dependent at the 1e-4 level.
@@ -38,15 +42,21 @@ class FlexLoRAConfig(MethodConfig):
             ``"dense"`` (the published dense SVD; for comparison and benchmarks).
         rank (`int`, *optional*): server rank ``R``: the state is the best rank-``R``
             approximation of the exact average. Defaults to the largest client rank.
+        split (`str`, defaults to `"published"`): how a readout divides the singular values:
+            ``"published"`` (``B = U_r S_r / s``, ``A = V_r^T``, the official code) or
+            ``"symmetric"`` (``S_r^(1/2)`` on each factor, as GLoRA's readout).
     """
 
     path: str = "factored"
     rank: int | None = None
+    split: str = "published"
 
     def __post_init__(self) -> None:
         problems = []
         if self.path not in PATHS:
             problems.append(f"`path` must be one of {PATHS}, got {self.path!r}.")
+        if self.split not in linalg.SPLITS:
+            problems.append(f"`split` must be one of {linalg.SPLITS}, got {self.split!r}.")
         problems += rank_option_problems(self.rank)
         if problems:
             raise ConfigError(problems)
@@ -66,7 +76,7 @@ def aggregate_flexlora(updates: list[ClientUpdate], p: list[float], config: Flex
     R = min(config.rank or max(u.rank for u in updates), S.shape[0])
     energy = float((S**2).sum())
     tail = float((S[R:] ** 2).sum()) / energy if energy > 0 else 0.0
-    return LowRankState("flexlora", (U[:, :R] * S[:R]).to(dtype), Vh[:R].to(dtype),
+    return LowRankState("flexlora", (U[:, :R] * S[:R]).to(dtype), Vh[:R].to(dtype), config.split,
                         info={"rank": R, "relative_truncation_error": tail**0.5})
 
 

@@ -1,11 +1,18 @@
 """HetLoRA (Cho et al., "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation
 Models", EMNLP 2024).
 
-Mixed ranks: every client's factors are zero-padded to the server rank ``R`` and averaged
-with weights proportional to ``||dW_i||_F`` (computed from ``r x r`` products, never densely; a
-client with a zero update gets weight 0). A client of rank ``r`` starts from the first ``r``
-columns of ``B`` and rows of ``A``. The paper's local rank self-pruning happens on the client
-during training and is not part of this server rule.
+Mixed ranks: every client's factors are zero-padded to the server rank ``R`` and averaged. A
+client of rank ``r`` starts from the first ``r`` columns of ``B`` and rows of ``A``. The paper's
+local rank self-pruning happens on the client during training and is not part of this server
+rule (there is no option for it).
+
+Weights (the paper's sparsity-weighted aggregation, SPEC.md): per layer and round,
+``w_i = ||dW_i||_F / sum_j ||dW_j||_F`` with ``dW_i = s_i B_i A_i`` the client's whole returned
+adapter, scaling included (at equal ranks it cancels); computed from ``r x r`` products, never
+densely; a zero update gets weight 0. Example counts ``n_i`` are ignored, as published; heads are
+still averaged with ``p_i``. After a shared start the norms differ only by local drift, and a
+client whose data is one-sided drifts most, so the weights favour the most skewed clients rather
+than the largest (measured in docs/method.md).
 
 Scaling: clients of different ranks have different scalings ``s_i`` (``alpha / r_i``). The state
 holds ``s = sum_i w_i s_i`` and ``B = sum_i w_i (s_i / s) B_i`` (see

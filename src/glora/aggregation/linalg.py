@@ -61,24 +61,36 @@ def _r_solve(r: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.pinv(r) @ rhs
 
 
-def split_factors(U: Tensor, S: Tensor, Vh: Tensor, rank: int, scaling: float,
-                  ) -> tuple[Tensor, Tensor]:
-    """Balanced LoRA factors of the best rank-``rank`` part of ``U diag(S) Vh``.
+#: How :func:`split_factors` divides the singular values between ``B`` and ``A``.
+SPLITS = ("symmetric", "published")
 
-    ``B = U_r S_r^(1/2) / sqrt(s)``, ``A = S_r^(1/2) Vh_r / sqrt(s)`` so ``s B A`` is the
-    truncation. If fewer than ``rank`` directions exist, ``B`` gets zero columns and ``A`` zero
-    rows (the product is unchanged; a trainer may re-initialize those rows of ``A``).
+
+def split_factors(U: Tensor, S: Tensor, Vh: Tensor, rank: int, scaling: float,
+                  split: str = "symmetric") -> tuple[Tensor, Tensor]:
+    """LoRA factors of the best rank-``rank`` part of ``U diag(S) Vh``, with ``s B A`` equal to it.
+
+    ``"symmetric"`` (GLoRA's readout): ``B = U_r S_r^(1/2) / sqrt(s)``, ``A = S_r^(1/2) Vh_r /
+    sqrt(s)``, balanced factors. ``"published"`` (FlexLoRA's official code):
+    ``B = U_r S_r / s``, ``A = Vh_r``, so ``A`` has orthonormal rows. If fewer than ``rank``
+    directions exist, ``B`` gets zero columns and ``A`` zero rows (the product is unchanged; a
+    trainer may re-initialize those rows of ``A``).
     """
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"`rank` must be a positive integer, got {rank!r}.")
     if not scaling > 0:
         raise ValueError(f"`scaling` must be positive, got {scaling!r}.")
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
     k = min(rank, S.shape[0])
-    root = (S[:k].clamp_min(0) / scaling).sqrt()
+    S_r = S[:k].clamp_min(0) / scaling
+    if split == "symmetric":
+        b_scale = a_scale = S_r.sqrt()
+    else:
+        b_scale, a_scale = S_r, torch.ones_like(S_r)
     B = U.new_zeros(U.shape[0], rank)
     A = Vh.new_zeros(rank, Vh.shape[1])
-    B[:, :k] = U[:, :k] * root
-    A[:k] = root[:, None] * Vh[:k]
+    B[:, :k] = U[:, :k] * b_scale
+    A[:k] = a_scale[:, None] * Vh[:k]
     return B, A
 
 

@@ -20,10 +20,10 @@ from torch import Tensor
 from glora import robust, validation
 from glora.aggregation import get_method
 from glora.config import ExperimentConfig
-from glora.errors import AggregationError, InvalidUpdateError
-from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, split_adapter,
-                                upload_bytes)
 from glora.contract import TrainTask
+from glora.errors import AggregationError, InvalidUpdateError
+from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, merge_base,
+                                split_adapter, upload_bytes)
 
 from . import checkpoint, plan
 
@@ -150,11 +150,14 @@ class FederatedServer:
         guarded = self._guard(accepted)
         started = time.perf_counter()
         try:
-            new_model = aggregate_model(self.state.model, guarded)
+            new_model = aggregate_model(self.state.model, guarded, merge=False)
         except InvalidUpdateError as err:
             cid = guarded[err.client].client_id if err.client is not None else None
             raise InvalidUpdateError(f"round {number}: {err.reason}", cid, err.key) from None
         server_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        new_model = merge_base(new_model)  # the clients' merge into their frozen weights
+        client_merge_seconds = time.perf_counter() - started
         clients = [r.client_id for r in accepted]
         old = self.state.model
         bytes_down = sum(old.download_bytes(self.ranks[c], self.scaling(c)) for c in clients) \
@@ -166,7 +169,8 @@ class FederatedServer:
             "clients": clients, "rejected": rejected,
             "train_loss": sum(r.metrics["train_loss"] for r in accepted) / len(accepted),
             "bytes_up": sum(upload_bytes(self.method, r) for r in accepted),
-            "bytes_down": bytes_down, "server_seconds": server_seconds, **(extra or {})}
+            "bytes_down": bytes_down, "server_seconds": server_seconds,
+            "client_merge_seconds": client_merge_seconds, **(extra or {})}
         self.state = replace(self.state, model=new_model, local=local, schema=schema,
                              history=[*self.state.history, record])
         if self.evaluator and (new_model.round % self.cfg.eval.every == 0

@@ -1,0 +1,76 @@
+"""The model-level server state: what each client starts from, what that costs to send, and
+which work the server times as its own."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from glora import global_model
+from glora.federation import server
+from glora.config import load_config
+from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
+
+RANK, SCALING = 2, 8.0
+
+
+def reply(client: int) -> ClientReply:
+    g = torch.Generator().manual_seed(client)
+    adapter = {"p" + LORA_B: torch.randn(6, RANK, generator=g),
+               "p" + LORA_A: torch.randn(RANK, 5, generator=g)}
+    return ClientReply(client, adapter, {"h": torch.full((3,), float(client))}, 10 + client, SCALING)
+
+
+def nbytes(tensors: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_fedsa_newcomer_keeps_its_fresh_head_and_a_zero_b():
+    replies = [reply(0), reply(1)]
+    model = aggregate_model(GlobalModel("fedsa"), replies)
+    own = {**{k: v for k, v in replies[1].adapter.items() if k.endswith(LORA_B)},
+           **replies[1].head}
+    for newcomer in (None, {}):
+        assert model.start_head(newcomer) is None  # the trainer's initial head
+        start = model.start_adapter(RANK, SCALING, newcomer)
+        assert torch.all(start["p" + LORA_B] == 0)
+        assert torch.equal(start["p" + LORA_A], model.layers["p"].A)
+        # Sent: the shared A only (B is a zero init, the head the client's fresh one).
+        assert model.download_bytes(RANK, SCALING) == nbytes({"A": start["p" + LORA_A]})
+    assert model.start_head(own)["h"] is own["h"]  # a returning client: its own head and B
+    assert model.start_adapter(RANK, SCALING, own)["p" + LORA_B] is own["p" + LORA_B]
+
+
+def test_shared_heads_go_to_newcomers_and_are_counted():
+    model = aggregate_model(GlobalModel("fedit"), [reply(0), reply(1)])
+    assert torch.allclose(model.start_head(None)["h"], torch.full((3,), 11 / 21))
+    start = model.start_adapter(RANK, SCALING)
+    assert model.download_bytes(RANK, SCALING) == nbytes(start) + nbytes(model.head)
+
+
+def test_flora_merge_is_timed_as_client_work_not_server_work(monkeypatch):
+    """A fake clock that jumps 1000 s inside the dense ``L @ R``: only the merge's time sees it."""
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    def slow_dense(update):
+        now[0] += 1000.0
+        return dense(update)
+
+    dense = global_model._dense
+    monkeypatch.setattr(server.time, "perf_counter", tick)
+    monkeypatch.setattr(global_model, "_dense", slow_dense)
+    cfg = load_config(None, ["data.num_clients=2", f"lora.ranks=[{RANK}]", "methods=[flora]"])
+    srv = server.FederatedServer(cfg, "flora", None)
+    srv.configure([0, 1])
+    record = srv.aggregate([SimpleNamespace(client_id=r.client_id, adapter=r.adapter, head=r.head,
+                                            num_examples=r.num_examples, train_loss=0.5)
+                            for r in (reply(0), reply(1))])
+    assert record["server_seconds"] < 1000 <= record["client_merge_seconds"]
+    layer = srv.state.model.layers["p"]
+    assert torch.allclose(srv.state.model.base["p"], layer.left @ layer.right)
