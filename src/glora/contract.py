@@ -28,6 +28,9 @@ class TrainTask:
             ``lora_A`` (a readout padded to a larger rank) are re-initialized the same way.
         init_seed: seed of fresh or re-initialized ``lora_A`` rows; the same for every client of
             a round unless ``train.init=independent`` (:func:`glora.federation.plan.init_seed`).
+        init_rank: the rank every layer's init is drawn at before a client keeps its first
+            ``rank`` rows (the run's largest client rank), so that, in every layer, a rank-4
+            start is the first 4 rows of a rank-8 start from the same seed; ``None``: ``rank``.
         head: classifier head to start from (``modules_to_save`` keys); ``None``: the initial head.
         base: layer prefix -> dense ``d_out x d_in`` delta added to that layer's frozen weight
             (FLoRA merges, FedEx-LoRA residuals); empty for most methods.
@@ -54,16 +57,23 @@ class TrainTask:
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     head_lr: float | None = None
+    init_rank: int | None = None
 
     def __post_init__(self) -> None:
         problems = [f"`{name}` must be a positive integer, got {value!r}."
                     for name, value in (("rank", self.rank), ("steps", self.steps),
-                                        ("batch_size", self.batch_size))
+                                        ("batch_size", self.batch_size),
+                                        ("init_rank", self.rank if self.init_rank is None
+                                         else self.init_rank))
                     if isinstance(value, bool) or not isinstance(value, int) or value < 1]
         for name, value in (("lr", self.lr), ("head_lr", 1.0 if self.head_lr is None
                                               else self.head_lr)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 problems.append(f"`{name}` must be a positive number, got {value!r}.")
+        if isinstance(self.init_rank, int) and isinstance(self.rank, int) \
+                and self.init_rank < self.rank:
+            problems.append(f"`init_rank` ({self.init_rank}) must be at least `rank` "
+                            f"({self.rank}).")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"`optimizer` must be one of {list(OPTIMIZERS)}, "
                             f"got {self.optimizer!r}.")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from glora.aggregation import ClientUpdate, ServerState, aggregate, get_method
+from glora.aggregation.shadow import shadow_norms
 from glora.errors import InvalidUpdateError
 
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
@@ -137,6 +138,44 @@ def upload_bytes(method: str, reply: ClientReply) -> int:
     return n
 
 
+def layer_updates(replies: list[ClientReply]) -> dict[str, list[ClientUpdate]]:
+    """Each adapted layer's client updates, in reply order.
+
+    Raises:
+        InvalidUpdateError: no replies, or a reply whose layers differ from the first's (naming
+            its index in ``replies``).
+    """
+    if not replies:
+        raise InvalidUpdateError("no client replies to aggregate.")
+    per_client = [split_adapter(r.adapter)[0] for r in replies]
+    keys = sorted(per_client[0])
+    for i, layers in enumerate(per_client):
+        if sorted(layers) != keys:
+            missing, extra = sorted(set(keys) - set(layers)), sorted(set(layers) - set(keys))
+            raise InvalidUpdateError(f"adapter layers differ from client 0's (missing {missing}, "
+                                     f"unexpected {extra}).", i)
+    return {key: [ClientUpdate(per_client[i][key][0], per_client[i][key][1], r.num_examples,
+                               r.scaling) for i, r in enumerate(replies)] for key in keys}
+
+
+def shadow(model: GlobalModel, replies: list[ClientReply], rank: int) -> dict[str, float]:
+    """How far ``model``'s round (aggregated from ``replies``) is from the exact average of the
+    same replies and from its best rank-``rank`` truncation, over all layers at once.
+
+    ``shadow_to_exact`` = ``sqrt(sum_l ||dW_l - D_l||^2 / sum_l ||D_l||^2)``, ``shadow_to_best``
+    the same against the best rank-``rank`` approximation ``D_R`` (FlexLoRA's update), and
+    ``shadow_best_to_exact`` the truncation's own loss ``D_R`` against ``D``
+    (:func:`glora.aggregation.shadow.shadow_norms`). ``nan`` when the exact average is zero.
+    """
+    totals: dict[str, float] = {}
+    for key, updates in layer_updates(replies).items():
+        for name, value in shadow_norms(updates, model.layers[key], rank).items():
+            totals[name] = totals.get(name, 0.0) + value
+    exact = totals.pop("exact")
+    return {f"shadow_{name}": (value / exact) ** 0.5 if exact > 0 else float("nan")
+            for name, value in totals.items()}
+
+
 def aggregate_model(previous: GlobalModel, replies: list[ClientReply], *,
                     merge: bool = True) -> GlobalModel:
     """One server step over every layer; returns a new :class:`GlobalModel` (``previous`` intact).
@@ -148,19 +187,8 @@ def aggregate_model(previous: GlobalModel, replies: list[ClientReply], *,
     Raises:
         InvalidUpdateError: naming the layer and the client (its index in ``replies``).
     """
-    if not replies:
-        raise InvalidUpdateError("no client replies to aggregate.")
-    per_client = [split_adapter(r.adapter)[0] for r in replies]
-    keys = sorted(per_client[0])
-    for i, layers in enumerate(per_client):
-        if sorted(layers) != keys:
-            missing, extra = sorted(set(keys) - set(layers)), sorted(set(layers) - set(keys))
-            raise InvalidUpdateError(f"adapter layers differ from client 0's (missing {missing}, "
-                                     f"unexpected {extra}).", i)
     layers: dict[str, ServerState] = {}
-    for key in keys:
-        updates = [ClientUpdate(per_client[i][key][0], per_client[i][key][1], r.num_examples,
-                                r.scaling) for i, r in enumerate(replies)]
+    for key, updates in layer_updates(replies).items():
         try:
             layers[key] = aggregate(previous.method, updates, **previous.options)
         except InvalidUpdateError as err:

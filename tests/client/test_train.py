@@ -104,6 +104,25 @@ def test_fresh_start_is_peft_init_shared_through_init_seed(cache: ModelCache, se
     assert not torch.equal(A, other[QUERY0 + LORA_A])
 
 
+def test_fresh_starts_of_smaller_ranks_are_nested_in_every_layer(cache: ModelCache, sentiment):
+    """A rank-2 start is the first 2 rows of a rank-4 start from the same seed, in every layer
+    (HetLoRA truncates one rank-r_max init; `train.init=shared` assumes it too)."""
+    big = start_adapter(make_task(sentiment, rank=4, init_rank=4), cache.adapter(4))
+    small = start_adapter(make_task(sentiment, rank=2, init_rank=4), cache.adapter(2))
+    layers = [k for k in big if k.endswith(LORA_A)]
+    assert len(layers) == 4
+    for key in layers:
+        assert torch.equal(small[key], big[key][:2]), key
+
+
+def test_each_layer_draws_from_its_own_seed(cache: ModelCache, sentiment):
+    start = start_adapter(make_task(sentiment), cache.adapter(4))
+    firsts = [start[k][0] for k in sorted(start) if k.endswith(LORA_A)]
+    assert all(not torch.equal(a, b) for a, b in zip(firsts, firsts[1:]))
+    with pytest.raises(ValueError, match=r"`init_rank` \(2\) must be at least `rank` \(4\)"):
+        make_task(sentiment, init_rank=2)
+
+
 def test_zero_rows_of_A_are_reinitialized_keeping_the_update(cache: ModelCache, sentiment):
     fresh = start_adapter(make_task(sentiment), cache.adapter(4))
     g = torch.Generator().manual_seed(0)

@@ -34,7 +34,7 @@ def data() -> tuple[torch.Tensor, ...]:
 def make_task(**changes: object) -> TrainTask:
     g = torch.Generator().manual_seed(0)
     task = TrainTask(
-        client_id=2, round=3, rank=4, seed=123456789, init_seed=2**31 - 1,
+        client_id=2, round=3, rank=4, seed=123456789, init_seed=2**31 - 1, init_rank=16,
         adapter={LAYER + ".lora_A.weight": torch.randn(4, 32, generator=g),
                  LAYER + ".lora_B.weight": torch.randn(32, 4, generator=g)},
         head={HEAD: torch.randn(2, 32, generator=g, dtype=torch.float64)},

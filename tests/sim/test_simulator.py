@@ -215,3 +215,16 @@ def test_fedsa_clients_keep_their_own_b_and_head_and_share_a(tiny_config):
             else:
                 assert torch.equal(value, shared_a[key])  # the one averaged A
         assert all(torch.equal(task.head[k], own.head[k]) for k in own.head)
+
+
+def test_every_round_records_its_shadow_distances(tiny_config):
+    cfg = tiny_config("lora.ranks=[2,4]", "train.rounds=2")
+    records = {}
+    for method in ("flexlora", "glora", "flora"):
+        server, _, results = one_round(cfg, method)
+        records[method] = server.aggregate(results)
+    assert records["flexlora"]["shadow_to_best"] < 1e-6  # FlexLoRA is the best rank-R
+    assert records["flora"]["shadow_to_exact"] < 1e-6  # FLoRA stacks: exact
+    glora_record = records["glora"]
+    assert glora_record["shadow_to_exact"] >= glora_record["shadow_best_to_exact"] - 1e-9
+    assert all(0 <= r["shadow_seconds"] for r in records.values())

@@ -64,6 +64,11 @@ class ServerState:
     def delta(self) -> Tensor:
         raise NotImplementedError
 
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(L, R)`` with ``L @ R == delta()``: the update in factored form, for analysis
+        (:mod:`glora.aggregation.shadow`) without a dense ``d_out x d_in`` product."""
+        raise NotImplementedError
+
     def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor] | None:
         """Factors ``(B, A)`` of rank ``rank`` with ``scaling * B @ A`` the client's start.
 
@@ -108,6 +113,9 @@ class LowRankState(ServerState):
     def delta(self) -> Tensor:
         return self.left @ self.right
 
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.left, self.right
+
     def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor] | None:
         U, S, Vh = linalg.lowrank_svd(self.left, self.right)
         return linalg.split_factors(U, S, Vh, rank, scaling, self.split)
@@ -128,6 +136,9 @@ class FactorState(ServerState):
 
     def delta(self) -> Tensor:
         return self.scaling * self.B @ self.A
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.scaling * self.B, self.A
 
     def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor] | None:
         check_readout_rank(rank, self.A.shape[0], truncate=self.truncatable, method=self.method)

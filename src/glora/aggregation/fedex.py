@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from . import linalg
@@ -31,6 +32,12 @@ class FedExState(FactorState):
 
     def delta(self) -> Tensor:
         return super().delta() + self.residual
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``[s B, residual] [A; I]``: the residual is dense, as published."""
+        L, R = super().factors()
+        eye = torch.eye(R.shape[1], dtype=R.dtype, device=R.device)
+        return torch.cat([L, self.residual], 1), torch.cat([R, eye], 0)
 
     def base_update(self) -> Tensor:
         return self.residual

@@ -99,6 +99,9 @@ class GLoRAState(ServerState):
     def delta(self) -> Tensor:
         return self.U @ (self.C if self.V is None else self.C @ self.V.mT)
 
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.U, (self.C if self.V is None else self.C @ self.V.mT)
+
     def readout(self, rank: int, scaling: float) -> tuple[Tensor, Tensor]:
         P, S, Qh = torch.linalg.svd(self.C.double(), full_matrices=False)
         P, S, Qh = P.to(self.C.dtype), S.to(self.C.dtype), Qh.to(self.C.dtype)

@@ -23,7 +23,7 @@ from glora.config import ExperimentConfig
 from glora.contract import TrainTask
 from glora.errors import AggregationError, InvalidUpdateError
 from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, merge_base,
-                                split_adapter, upload_bytes)
+                                shadow, split_adapter, upload_bytes)
 
 from . import checkpoint, plan
 
@@ -100,7 +100,7 @@ class FederatedServer:
             local = self.state.local.get(c)
             tasks.append(TrainTask(
                 client_id=c, round=t, rank=self.ranks[c], seed=plan.train_seed(self.cfg, t, c),
-                init_seed=plan.init_seed(self.cfg, t, c, self.method),
+                init_seed=plan.init_seed(self.cfg, t, c, self.method), init_rank=max(self.ranks),
                 adapter=model.start_adapter(self.ranks[c], self.scaling(c), local),
                 head=model.start_head(local), base=model.base, frozen=self.spec.frozen,
                 data=(), steps=self.cfg.train.local_steps, batch_size=self.cfg.train.batch_size,
@@ -113,7 +113,10 @@ class FederatedServer:
 
         ``results`` answer the tasks of the last :meth:`configure` (``TrainResult``s: client id,
         adapter, head, example count, train loss). Invalid ones are left out with a warning and
-        listed in the record's ``rejected`` (client id -> reason).
+        listed in the record's ``rejected`` (client id -> reason). The record also holds the
+        shadow distances of the round (:func:`glora.global_model.shadow`: the update against the
+        exact average of the same replies and its best rank-``R`` truncation, ``R`` the largest
+        client rank), timed apart from the server's work.
 
         Raises:
             AggregationError: fewer than ``server.min_clients`` valid results, or the round was
@@ -156,6 +159,9 @@ class FederatedServer:
             raise InvalidUpdateError(f"round {number}: {err.reason}", cid, err.key) from None
         server_seconds = time.perf_counter() - started
         started = time.perf_counter()
+        distances = shadow(new_model, guarded, max(self.ranks))  # analysis, not server work
+        shadow_seconds = time.perf_counter() - started
+        started = time.perf_counter()
         new_model = merge_base(new_model)  # the clients' merge into their frozen weights
         client_merge_seconds = time.perf_counter() - started
         clients = [r.client_id for r in accepted]
@@ -170,7 +176,8 @@ class FederatedServer:
             "train_loss": sum(r.metrics["train_loss"] for r in accepted) / len(accepted),
             "bytes_up": sum(upload_bytes(self.method, r) for r in accepted),
             "bytes_down": bytes_down, "server_seconds": server_seconds,
-            "client_merge_seconds": client_merge_seconds, **(extra or {})}
+            "client_merge_seconds": client_merge_seconds, **distances,
+            "shadow_seconds": shadow_seconds, **(extra or {})}
         self.state = replace(self.state, model=new_model, local=local, schema=schema,
                              history=[*self.state.history, record])
         if self.evaluator and (new_model.round % self.cfg.eval.every == 0

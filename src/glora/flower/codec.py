@@ -22,7 +22,7 @@ TASK_SCALARS = {"client_id": "client-id", "round": "round", "rank": "rank", "see
                 "init_seed": "init-seed", "steps": "steps", "batch_size": "batch-size",
                 "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight-decay"}
 #: TrainTask scalar fields that may be ``None`` (then left out of the record).
-TASK_OPTIONAL = {"head_lr": "head-lr"}
+TASK_OPTIONAL = {"head_lr": "head-lr", "init_rank": "init-rank"}
 #: TrainTask tensor-dict fields (``adapter`` and ``head`` may be ``None``).
 TASK_TENSORS = ("adapter", "head", "base")
 #: TrainResult scalar field -> MetricRecord key (``num-examples`` is Flower's default weight key).

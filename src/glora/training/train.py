@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 
 import numpy as np
 import torch
@@ -21,8 +22,18 @@ from .cache import Adapter, ModelCache, check_tensors, copy_into
 
 
 def init_lora_A(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
-    """PEFT's default ``lora_A`` init (Kaiming-uniform, ``a = sqrt(5)``), from ``generator``."""
+    """PEFT's default ``lora_A`` init (Kaiming-uniform, ``a = sqrt(5)``), from ``generator``.
+
+    The bound depends on ``d_in`` alone, so the first ``r`` rows of a draw at a larger rank are
+    a draw at rank ``r``.
+    """
     return torch.nn.init.kaiming_uniform_(torch.empty(shape), a=math.sqrt(5), generator=generator)
+
+
+def layer_seed(init_seed: int, layer: str) -> int:
+    """The seed of one layer's init: a function of the task's ``init_seed`` and the layer name,
+    so no layer's draw depends on another's shape or on the order layers are visited in."""
+    return int(np.random.SeedSequence([init_seed, zlib.crc32(layer.encode())]).generate_state(1)[0])
 
 
 def start_adapter(task: TrainTask, adapter: Adapter) -> dict[str, Tensor]:
@@ -30,19 +41,23 @@ def start_adapter(task: TrainTask, adapter: Adapter) -> dict[str, Tensor]:
 
     A zero row ``i`` of ``A`` makes column ``i`` of ``B`` irrelevant, so that column is zeroed:
     the start update ``s B A`` is unchanged, and the new row can train. A fresh start is the
-    case where every row is zero. Each layer draws its init in key order from ``init_seed``,
-    whether or not it needs it, so one layer's state never shifts another's draw.
+    case where every row is zero. Each layer draws its init at ``task.init_rank`` rows from its
+    own seed (:func:`layer_seed`) and keeps the first ``rank``: starts of different ranks from one
+    ``init_seed`` are nested in every layer, as HetLoRA's truncation and ``train.init=shared``
+    assume.
     """
     shapes = {k: tuple(p.shape) for k, p in adapter.lora.items()}
     given = task.adapter if task.adapter is not None else \
         {k: torch.zeros(s) for k, s in shapes.items()}
     check_tensors(shapes, given, f"rank-{task.rank} adapter")
-    g = torch.Generator().manual_seed(task.init_seed)
+    rows = task.rank if task.init_rank is None else task.init_rank
     start = {}
     for key_a in sorted(k for k in shapes if k.endswith(LORA_A)):
-        key_b = key_a.removesuffix(LORA_A) + LORA_B
+        layer = key_a.removesuffix(LORA_A)
+        key_b = layer + LORA_B
         A, B = given[key_a], given[key_b]
-        fresh = init_lora_A(shapes[key_a], g)
+        g = torch.Generator().manual_seed(layer_seed(task.init_seed, layer))
+        fresh = init_lora_A((rows, shapes[key_a][1]), g)[: task.rank]
         dead = A.abs().amax(dim=1) == 0
         if bool(dead.any()):
             A, B = A.clone(), B.clone()
