@@ -80,7 +80,7 @@ def _sweep(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from glora.report import write_report
 
-    print(f"report: {write_report(args.store, args.out, args.metric, _names(args.only))}")
+    print(f"report: {write_report(args.store, args.out, args.metric, _names(args.only), args.paired)}")
 
 
 def _names(text: str | None) -> list[str]:
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "global_* metric, e.g. global_accuracy)")
     report.add_argument("--only", metavar="NAMES",
                         help="comma-separated settings to report (default: all)")
+    report.add_argument("--paired", metavar="VARIANT",
+                        help="variant every other one is compared with, seed by seed (default: "
+                        "glora where the sweep has it)")
     report.set_defaults(func=_report)
     return parser
 

@@ -2,15 +2,18 @@
 
 For each group of settings and each metric, a table: rows are settings, columns are method
 variants, a cell is the mean ± sample standard deviation (n - 1) over seeds of the metric's
-final-round value (the last round is always evaluated), n the number of seeds that finished. The
-best mean of a row is bold: the lowest for a loss (``global_loss``), else the highest (accuracy,
-F1, correlations, ROUGE-L). A sentence per row says whether GLoRA (a variant of method ``glora``)
-was best.
-Plots (PNG) go to ``<report stem>_plots/`` beside the report.
+final-round value (the last round is always evaluated), n the number of seeds that finished.
+No mean is marked best: seeds are noisy, so comparisons are paired. Beside it, the paired
+differences ``reference - X`` (the reference variant, by default ``glora``, against every other
+variant of the row, seed by seed: the same seed gives every method the same split, partition and
+start), with a 95% Student-t interval; a sentence per row names the differences whose interval
+excludes zero. A setting with ``paired_with`` gets the same per variant against that setting.
+Plots (PNG) go to ``<report stem>_plots/`` beside the report: the metric per round and against
+MB communicated, the server time and the shadow distances per round.
 
-The numbers (:func:`mean_std`, :func:`best`, :func:`cell_text`, :func:`verdict`,
-:func:`mean_by_round`, :func:`total_mb`) are pure functions, apart from reading the store and
-drawing.
+The numbers (:func:`mean_std`, :func:`paired`, :func:`cell_text`, :func:`paired_text`,
+:func:`significance`, :func:`mean_by_round`, :func:`total_mb`) are pure functions, apart from
+reading the store and drawing.
 """
 
 from __future__ import annotations
@@ -58,15 +61,62 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith("loss")
 
 
-def best(means: dict[str, float], lower: bool = False) -> list[str]:
-    """The keys with the best (highest, or lowest) mean, several on a tie, in the given order."""
-    if not means:
-        return []
-    top = min(means.values()) if lower else max(means.values())
-    return [k for k, m in means.items() if math.isclose(m, top, rel_tol=1e-12, abs_tol=1e-12)]
+@dataclass(frozen=True)
+class Paired:
+    """Paired differences over seeds: their mean, the half-width of its 95% t-interval
+    (``None`` below two pairs) and the number of pairs."""
+
+    mean: float
+    half: float | None
+    n: int
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval excludes zero."""
+        return self.half is not None and abs(self.mean) > self.half
 
 
-def cell_text(cell: Cell, bold: bool = False) -> str:
+def paired(reference: dict[int, float], other: dict[int, float]) -> Paired | None:
+    """``reference[s] - other[s]`` over the seeds ``s`` both have; ``None`` without any."""
+    seeds = sorted(reference.keys() & other.keys())
+    if not seeds:
+        return None
+    diffs = [reference[s] - other[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return Paired(mean, None, 1)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return Paired(mean, half, len(diffs))
+
+
+def paired_text(p: Paired | None) -> str:
+    """``+0.0123 [-0.0050, +0.0296] (n=5)``; ``n/a`` without pairs."""
+    if p is None:
+        return "n/a"
+    if p.half is None:
+        return f"{p.mean:+.4f} (n=1)"
+    return f"{p.mean:+.4f} [{p.mean - p.half:+.4f}, {p.mean + p.half:+.4f}] (n={p.n})"
+
+
+def significance(row: str, reference: str, diffs: dict[str, Paired | None],
+                 lower: bool = False) -> str:
+    """One sentence: which of ``reference``'s paired differences in ``row`` exclude zero, and in
+    whose favour (``lower``: lower is better, as for a loss)."""
+    found = [(v, p) for v, p in diffs.items() if p is not None and p.significant]
+    tested = sum(p is not None and p.half is not None for p in diffs.values())
+    if not tested:
+        return f"`{row}`: fewer than two paired seeds; nothing can be called significant."
+    if not found:
+        return (f"`{row}`: no difference between `{reference}` and the {tested} other variant(s) "
+                "is significant (every 95% interval contains zero).")
+    parts = [f"`{reference}` {'better' if (p.mean < 0) == lower else 'worse'} than `{v}` by "
+             f"{abs(p.mean):.4f} ± {p.half:.4f}" for v, p in found]
+    return f"`{row}`: significant: " + "; ".join(parts) + "; the others are not."
+
+
+def cell_text(cell: Cell) -> str:
     """``0.8123 ± 0.0100 (n=3)``; ``not run``, ``failed``, ``pending`` or ``n/a`` without values."""
     if not cell.planned:
         return "not run"
@@ -76,39 +126,7 @@ def cell_text(cell: Cell, bold: bool = False) -> str:
     n = f"n={len(cell.values)}" + (f"; {cell.failed} failed" if cell.failed else "") \
         + (f"; {cell.pending} pending" if cell.pending else "")
     text = f"{mean:.4f} ± {std:.4f} ({n})" if std is not None else f"{mean:.4f} ({n})"
-    text = f"**{text}**" if bold else text
     return f"{text} {MARK}" if cell.equal_rank else text
-
-
-def verdict(setting: str, means: dict[str, float], methods: dict[str, str],
-            lower: bool = False) -> str:
-    """One sentence: was a GLoRA variant best in this row; if not, which variant was, by how much.
-
-    ``means``: variant -> mean (finished variants only); ``methods``: variant -> registry method;
-    ``lower``: lower is better (a loss).
-    """
-    if not means:
-        return f"`{setting}`: no run has finished."
-    top = best(means, lower)
-    ours = {v: m for v, m in means.items() if methods[v] == "glora"}
-    others = {v: m for v, m in means.items() if methods[v] != "glora"}
-    if not ours:
-        return (f"`{setting}`: no GLoRA variant has finished; best was `{top[0]}` with "
-                f"{means[top[0]]:.4f}.")
-    lead = best(ours, lower)[0]
-    if lead not in top:
-        return (f"`{setting}`: GLoRA was not best: `{top[0]}` was, with {means[top[0]]:.4f}, "
-                f"{abs(means[top[0]] - ours[lead]):.4f} better than GLoRA's best variant "
-                f"`{lead}` ({ours[lead]:.4f}).")
-    if not others:
-        return (f"`{setting}`: only GLoRA variants have finished; `{lead}` was best with "
-                f"{ours[lead]:.4f}.")
-    runner = best(others, lower)[0]
-    if runner in top:
-        return f"`{setting}`: GLoRA (`{lead}`) tied for best with `{runner}` at {ours[lead]:.4f}."
-    return (f"`{setting}`: GLoRA (`{lead}`) was best with {ours[lead]:.4f}, "
-            f"{abs(ours[lead] - others[runner]):.4f} better than the best other method, "
-            f"`{runner}` ({others[runner]:.4f}).")
 
 
 def mean_by_round(histories: list[list[dict[str, Any]]], key: str) -> list[tuple[int, float]]:
@@ -205,23 +223,33 @@ def make_cell(outcomes: list[Outcome], metric: str, planned: bool = True) -> Cel
 
 # -- the report --------------------------------------------------------------------------------
 def write_report(store: str | Path, out: str | Path | None = None,
-                 metrics: str | None = None, only: Sequence[str] = ()) -> Path:
+                 metrics: str | None = None, only: Sequence[str] = (),
+                 reference: str | None = None) -> Path:
     """Write the report of ``store`` (default ``<store>/report.md``) and its plots; its path.
 
-    ``only`` reports these settings alone (as ``glora sweep --only`` runs them).
+    ``only`` reports these settings alone (as ``glora sweep --only`` runs them); ``reference`` is
+    the variant the others are paired with (default ``glora`` where the sweep has it).
     """
     store = Path(store)
     sweep, outcomes = collect(store)
     if only:
         sweep, outcomes = restrict(sweep, outcomes, only)
+    if reference is None:
+        reference = "glora" if "glora" in sweep.variants else None
+    elif reference not in sweep.variants:
+        raise ConfigError(f"`--paired`: no variant {reference!r} in this store (its variants: "
+                          f"{', '.join(sweep.variants)}).")
     chosen = choose_metrics(metrics, outcomes)
     out = Path(out) if out is not None else store / "report.md"
     plots = out.parent / f"{out.stem}_plots"
     plots.mkdir(parents=True, exist_ok=True)
-    lines = _header(sweep, outcomes, store, chosen)
+    command = (f"glora report {store}" + (f" --only {','.join(only)}" if only else "")
+               + (f" --metric {','.join(chosen)}" if metrics else "")
+               + (f" --paired {reference}" if reference else "") + f" --out {out}")
+    lines = _header(sweep, outcomes, store, chosen, reference)
     for i, group in enumerate(dict.fromkeys(s.group for s in sweep.settings), 1):
-        lines += _group(sweep, outcomes, group, chosen, plots, f"{i}-{_slug(group)}")
-    lines += _failures(outcomes) + _provenance(sweep, store, only)
+        lines += _group(sweep, outcomes, group, chosen, plots, f"{i}-{_slug(group)}", reference)
+    lines += _failures(outcomes) + _provenance(sweep, store, command, only)
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -230,55 +258,95 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "group"
 
 
-def _header(sweep: Sweep, outcomes: list[Outcome], store: Path, metrics: list[str]) -> list[str]:
+def _header(sweep: Sweep, outcomes: list[Outcome], store: Path, metrics: list[str],
+            reference: str | None) -> list[str]:
     done = sum(o.result is not None for o in outcomes)
     failed = sum(o.error is not None for o in outcomes)
+    pairing = (f" Comparisons are paired by seed: `{reference}` − X, mean difference with its "
+               "95% Student-t interval over the seeds both finished (n = pairs); an interval "
+               "that excludes zero is called significant, nothing else is."
+               if reference else " No reference variant: no paired comparison.")
     return [f"# Sweep report: {sweep.name}", "",
             f"Store `{store}`: {len(outcomes)} runs, {done} finished, {failed} failed, "
             f"{len(outcomes) - done - failed} not yet run. Metric: final "
             + ", ".join(f"`{m}`" for m in metrics)
-            + ", mean ± sample std over seeds (n = seeds that finished); best mean per row in "
-            "bold (lowest for a loss, else highest). A cell with n=1 has no error bar: a "
-            "difference between such cells, and the sentence under a table that ranks them, is "
-            "one draw, not evidence.", ""]
+            + ", mean ± sample std over seeds (n = seeds that finished)." + pairing, ""]
+
+
+def _seed_values(outcomes: list[Outcome], metric: str) -> dict[int, float]:
+    """The metric's final value by seed, of the runs that finished with it."""
+    return {o.run.seed: o.result["summary"][metric] for o in outcomes
+            if o.result and metric in o.result["summary"]}
 
 
 def _group(sweep: Sweep, outcomes: list[Outcome], group: str, metrics: list[str], plots: Path,
-           stem: str) -> list[str]:
-    """A group's tables, sentences and plots."""
+           stem: str, reference: str | None) -> list[str]:
+    """A group's tables, paired differences and plots."""
     settings = [s for s in sweep.settings if s.group == group]
     variants = [v for v in sweep.variants if any(v in s.variants for s in settings)]
-    methods = {v: sweep.variants[v].method for v in variants}
     runs = {(s.name, v): [o for o in outcomes
                           if o.run.setting.name == s.name and o.run.variant == v]
-            for s in settings for v in variants}
+            for s in sweep.settings for v in sweep.variants}
     lines = [f"## {group}", ""]
     for metric in metrics:
+        lower = lower_is_better(metric)
         cells = {(s.name, v): make_cell(runs[s.name, v], metric, v in s.variants)
                  for s in settings for v in variants}
         lines += [f"### `{metric}`", "", "| setting | " + " | ".join(variants) + " |",
                   "|---" * (len(variants) + 1) + "|"]
-        sentences = []
-        for s in settings:
-            means = {v: mean_std(cells[s.name, v].values)[0] for v in variants
-                     if cells[s.name, v].values}
-            top = best(means, lower_is_better(metric))
-            lines.append(f"| {s.name} | " + " | ".join(
-                cell_text(cells[s.name, v], v in top) for v in variants) + " |")
-            sentences.append(verdict(s.name, means, methods, lower_is_better(metric)))
+        lines += [f"| {s.name} | " + " | ".join(cell_text(cells[s.name, v]) for v in variants)
+                  + " |" for s in settings]
         labels = sorted({c.equal_rank for c in cells.values() if c.equal_rank})
         if labels:
             lines += ["", f"{MARK} Run with every client at one rank ("
                       + ", ".join(f"`{label}`" for label in labels) + "): the method cannot take "
                       "mixed ranks, so it used the smallest (or largest, `lora.equal_rank`) rank "
                       "of `lora.ranks`."]
-        lines += ["", *[f"- {s}" for s in sentences], ""]
+        lines += [""] + _paired_tables(settings, variants, runs, metric, lower, reference)
         for name, title in _plot_metric(plots, f"{stem}_{metric}", settings, variants, runs,
                                         metric):
             lines += [f"![{title}]({plots.name}/{name})", ""]
     name = _plot_rounds(plots / f"{stem}_server_ms.png", settings, variants, runs,
                         "server_seconds", "server ms per round", 1000.0)
     lines += [f"![server ms per round]({plots.name}/{name})", ""]
+    if any("shadow_to_exact" in r for o in outcomes for r in o.history[:1]):
+        for key, what in (("shadow_to_exact", "the exact average"),
+                          ("shadow_to_best", "the best rank-R truncation")):
+            name = _plot_rounds(plots / f"{stem}_{key}.png", settings, variants, runs, key,
+                                f"distance to {what}")
+            lines += [f"![relative distance of each round's update to {what}]"
+                      f"({plots.name}/{name})", ""]
+    return lines
+
+
+def _paired_tables(settings: list, variants: list[str], runs: dict[tuple[str, str], list],
+                   metric: str, lower: bool, reference: str | None) -> list[str]:
+    """Paired differences: the reference against each variant of a row, and each variant of a
+    ``paired_with`` setting against itself in the other setting; a sentence per row."""
+    lines: list[str] = []
+    rows = [s for s in settings if reference in s.variants]
+    others = [v for v in variants if v != reference]
+    if rows and others:
+        lines += [f"Paired differences `{reference}` − X of `{metric}` (95% t-interval):", "",
+                  "| setting | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
+        sentences = []
+        for s in rows:
+            ref = _seed_values(runs[s.name, reference], metric)
+            diffs = {v: paired(ref, _seed_values(runs[s.name, v], metric))
+                     for v in others if v in s.variants}
+            lines.append(f"| {s.name} | " + " | ".join(
+                paired_text(diffs[v]) if v in diffs else "not run" for v in others) + " |")
+            sentences.append(significance(s.name, reference, diffs, lower))
+        lines += ["", *[f"- {x}" for x in sentences], ""]
+    for s in [s for s in settings if s.paired_with]:
+        diffs = {v: paired(_seed_values(runs[s.name, v], metric),
+                           _seed_values(runs[s.paired_with, v], metric)) for v in s.variants}
+        lines += [f"`{s.name}` − `{s.paired_with}` of `{metric}`, each variant paired by seed "
+                  "(95% t-interval):", "", "| variant | difference | significant |",
+                  "|---|---|---|"]
+        lines += [f"| {v} | {paired_text(p)} | {'yes' if p and p.significant else 'no'} |"
+                  for v, p in diffs.items()]
+        lines.append("")
     return lines
 
 
@@ -291,13 +359,13 @@ def _failures(outcomes: list[Outcome]) -> list[str]:
             "", "Rerun the sweep to retry them (from their last checkpoint).", ""]
 
 
-def _provenance(sweep: Sweep, store: Path, only: Sequence[str] = ()) -> list[str]:
+def _provenance(sweep: Sweep, store: Path, command: str, only: Sequence[str] = ()) -> list[str]:
     pattern = store / "<setting>" / "<variant>" / "seed_<k>"
     flag = f" --only {','.join(only)}" if only else ""
     return ["## How these numbers were obtained", "",
             f"- The sweep: `glora sweep {store / SWEEP_FILE} --store {store}{flag}` (the resolved "
-            "sweep file: base config, overrides, variants, settings, seeds); then "
-            f"`glora report {store}{flag}`.",
+            "sweep file: base config, overrides, variants, settings, seeds); then, for this page:",
+            f"  `{command}`",
             f"- Seeds: {', '.join(map(str, sweep.seeds))}; one run per setting, variant and seed, "
             "each a separate `glora run` with one method.",
             f"- One run: `glora run --config {pattern / 'config.yaml'}` repeats it; its "
@@ -306,7 +374,9 @@ def _provenance(sweep: Sweep, store: Path, only: Sequence[str] = ()) -> list[str
             "- A cell: the metric after the last round of each seed, then mean ± sample standard "
             "deviation (n - 1) over seeds. MB communicated: bytes up and down summed over all "
             "rounds. Server ms: the server's aggregation time per round (`server_seconds`). "
-            "Curves are means over the seeds that finished.", ""]
+            "Shadow distances (where recorded): each round's update against the exact average "
+            "of the same replies and against its best rank-R truncation, relative Frobenius "
+            "norm over all layers. Curves are means over the seeds that finished.", ""]
 
 
 # -- plots -------------------------------------------------------------------------------------

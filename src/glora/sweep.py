@@ -14,6 +14,9 @@ A sweep file::
       - {name: alpha_0.1, group: Data heterogeneity, overrides: {data.alpha: 0.1}}
       - {name: p10, group: Participation, overrides: {train.participation: 0.1},
          methods: [glora, fedit]}        # optional subset of the variants
+      - {name: p10_indep, group: Participation, overrides: {train.init: independent},
+         paired_with: p10}               # optional: the report pairs each variant's seeds here
+                                         # with its seeds in that setting (this - that)
 
 Every run is one :func:`~glora.sim.experiment.run_experiment` call with one method, seed and
 ``output_dir=<store>/<setting>/<variant>/seed_<k>``, its config built by
@@ -87,6 +90,7 @@ class Setting:
     group: str
     overrides: dict[str, Any]  # dotted key -> value
     variants: tuple[str, ...]
+    paired_with: str | None = None  # another setting the report compares this one with
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,9 @@ class Sweep:
                 "methods": {k: {"method": v.method, "options": v.options}
                             for k, v in self.variants.items()},
                 "settings": [{"name": s.name, "group": s.group, "overrides": s.overrides,
-                              "methods": list(s.variants)} for s in self.settings]}
+                              "methods": list(s.variants),
+                              **({"paired_with": s.paired_with} if s.paired_with else {})}
+                             for s in self.settings]}
 
 
 def _as_overrides(pairs: dict[str, Any]) -> list[str]:
@@ -250,7 +256,7 @@ def _settings(value: Any, labels: list[str], variants: dict[str, Variant],
         problems.append("`settings` must be a non-empty list of {name, group, overrides, "
                         f"methods}} mappings, got {value!r}.")
         return []
-    allowed = ("name", "group", "overrides", "methods")
+    allowed = ("name", "group", "overrides", "methods", "paired_with")
     settings: list[Setting] = []
     for i, item in enumerate(value):
         name = item.get("name") if isinstance(item, dict) else None
@@ -281,7 +287,13 @@ def _settings(value: Any, labels: list[str], variants: dict[str, Variant],
             continue
         runnable = tuple(v for v in dict.fromkeys(chosen) if v in variants)
         if runnable:  # else every chosen variant has a problem of its own
-            settings.append(Setting(name, str(group), overrides, runnable))
+            settings.append(Setting(name, str(group), overrides, runnable,
+                                    item.get("paired_with")))
+    names = [s.name for s in settings]
+    problems += [f"setting `{s.name}`: `paired_with` must name another setting of the file "
+                 f"({names}), got {s.paired_with!r}." for s in settings
+                 if s.paired_with is not None and (s.paired_with not in names
+                                                    or s.paired_with == s.name)]
     return settings
 
 

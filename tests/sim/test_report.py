@@ -10,8 +10,8 @@ import yaml
 
 from glora.cli import main
 from glora.errors import ConfigError
-from glora.report import (Cell, best, cell_text, mean_by_round, mean_std, total_mb, verdict,
-                          write_report)
+from glora.report import (Cell, Paired, cell_text, mean_by_round, mean_std, paired, paired_text,
+                          significance, total_mb, write_report)
 from tests.sim.test_sweep import tiny_base, write_sweep
 
 METHODS = {"glora": "glora", "glora_energy": "glora", "fedit": "fedit"}
@@ -26,38 +26,37 @@ def test_mean_and_sample_std():
         mean_std([])
 
 
-def test_best_is_the_highest_mean_or_the_lowest_loss_with_ties():
-    means = {"glora": 0.8, "glora_energy": 0.8, "fedit": 0.7}
-    assert best(means) == ["glora", "glora_energy"]
-    assert best(means, lower=True) == ["fedit"]
-    assert best({}) == []
+def test_paired_differences_and_their_t_interval():
+    # differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, t(0.975, 2) = 4.3027
+    p = paired({0: 0.9, 1: 0.8, 2: 0.7, 3: 0.5}, {0: 0.8, 1: 0.6, 2: 0.4})
+    assert p.n == 3 and p.mean == pytest.approx(0.2)
+    assert p.half == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-6) and not p.significant
+    assert paired_text(p) == "+0.2000 [-0.0484, +0.4484] (n=3)"
+    tight = paired({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.8, 1: 0.69, 2: 0.61})
+    assert tight.significant and tight.mean > 0
+    assert paired({0: 0.9}, {0: 0.8}) == Paired(pytest.approx(0.1), None, 1)
+    assert paired({0: 0.9}, {1: 0.8}) is None and paired_text(None) == "n/a"
+
+
+def test_significance_names_only_intervals_that_exclude_zero():
+    ok, no = Paired(0.05, 0.01, 5), Paired(-0.02, 0.03, 5)
+    assert significance("a", "glora", {"fedit": ok, "flora": no}) == (
+        "`a`: significant: `glora` better than `fedit` by 0.0500 ± 0.0100; the others are not.")
+    assert significance("a", "glora", {"fedit": ok}, lower=True).startswith(
+        "`a`: significant: `glora` worse than `fedit`")  # a higher loss
+    assert "no difference between `glora` and the 2 other variant(s) is significant" in \
+        significance("b", "glora", {"fedit": no, "flora": no})
+    assert "fewer than two paired seeds" in significance("c", "glora", {"fedit": Paired(0.1, None, 1)})
 
 
 def test_cell_text():
     assert cell_text(Cell((0.8, 0.9))) == "0.8500 ± 0.0707 (n=2)"
-    assert cell_text(Cell((0.8, 0.9)), bold=True) == "**0.8500 ± 0.0707 (n=2)**"
-    assert cell_text(Cell((0.9,), 1, 1, equal_rank="fedit (all r=2)"), True) == \
-        "**0.9000 (n=1; 1 failed)** †"
+    assert cell_text(Cell((0.9,), 1, 1, equal_rank="fedit (all r=2)")) == \
+        "0.9000 (n=1; 1 failed) †"
     assert cell_text(Cell(planned=False)) == "not run"
     assert cell_text(Cell(failed=2)) == "failed"
     assert cell_text(Cell()) == "pending"
     assert cell_text(Cell(finished=2)) == "n/a"  # finished, but without this metric
-
-
-def test_verdict_says_whether_glora_was_best_and_by_how_much():
-    assert verdict("a", {"glora": 0.85, "glora_energy": 0.7, "fedit": 0.7}, METHODS) == (
-        "`a`: GLoRA (`glora`) was best with 0.8500, 0.1500 better than the best other method, "
-        "`fedit` (0.7000).")
-    assert verdict("b", {"glora": 0.55, "fedit": 0.9}, METHODS) == (
-        "`b`: GLoRA was not best: `fedit` was, with 0.9000, 0.3500 better than GLoRA's best "
-        "variant `glora` (0.5500).")
-    assert verdict("c", {"glora": 0.7, "glora_energy": 0.6, "fedit": 0.7}, METHODS) == \
-        "`c`: GLoRA (`glora`) tied for best with `fedit` at 0.7000."
-    assert verdict("d", {"glora": 0.2, "fedit": 0.3}, METHODS, lower=True).startswith(
-        "`d`: GLoRA (`glora`) was best with 0.2000, 0.1000 better")
-    assert verdict("e", {"fedit": 0.3}, METHODS) == \
-        "`e`: no GLoRA variant has finished; best was `fedit` with 0.3000."
-    assert verdict("f", {}, METHODS) == "`f`: no run has finished."
 
 
 def test_curves_and_traffic():
@@ -109,9 +108,10 @@ def hand_made_store(store: Path) -> Path:
 
 
 def table_rows(report: str, metric: str) -> dict[str, list[str]]:
-    """The rows of the table under ``### `metric` ``: setting -> cells."""
-    section = report.split(f"### `{metric}`")[1].split("###")[0]
-    rows = [line.strip("|").split(" | ") for line in section.splitlines()
+    """The rows of the (first) table under ``### `metric` ``: setting -> cells."""
+    section = report.split(f"### `{metric}`")[1].split("###")[0].strip()
+    table = section.split("\n\n")[0]
+    rows = [line.strip("|").split(" | ") for line in table.splitlines()
             if line.startswith("| ") and not line.startswith("| setting")]
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
 
@@ -125,13 +125,16 @@ def test_the_report_of_a_hand_made_store(tmp_path):
     assert "### `global_accuracy`" in report and "### `global_f1`" not in report  # the default
     assert report.count("| setting | glora | glora_energy | fedit |") == 1
     assert table_rows(report, "global_accuracy") == {
-        "a": ["**0.8500 ± 0.0707 (n=2)**", "0.7000 ± 0.0000 (n=2)", "0.7000 ± 0.1414 (n=2) †"],
-        "b": ["0.5500 ± 0.0707 (n=2)", "not run", "**0.9000 (n=1; 1 failed)** †"]}
+        "a": ["0.8500 ± 0.0707 (n=2)", "0.7000 ± 0.0000 (n=2)", "0.7000 ± 0.1414 (n=2) †"],
+        "b": ["0.5500 ± 0.0707 (n=2)", "not run", "0.9000 (n=1; 1 failed) †"]}
+    assert "**" not in report  # no mean is marked best
     assert "† Run with every client at one rank (`fedit (all r=2)`)" in report
-    assert ("- `a`: GLoRA (`glora`) was best with 0.8500, 0.1500 better than the best other "
-            "method, `fedit` (0.7000).") in report
-    assert ("- `b`: GLoRA was not best: `fedit` was, with 0.9000, 0.3500 better than GLoRA's "
-            "best variant `glora` (0.5500).") in report
+    # glora - glora_energy: 0.1, 0.2 (paired by seed); glora - fedit: 0.2, 0.1
+    assert "| a | +0.1500 [-0.4853, +0.7853] (n=2) | +0.1500 [-0.4853, +0.7853] (n=2) |" in report
+    assert "| b | not run | -0.4000 (n=1) |" in report
+    assert ("- `a`: no difference between `glora` and the 2 other variant(s) is significant"
+            in report)
+    assert "- `b`: fewer than two paired seeds; nothing can be called significant." in report
     assert "`b/fedit/seed_1`: ValueError: the round diverged" in report
     assert f"glora sweep {store / 'sweep.yaml'} --store {store}" in report
     assert "Seeds: 0, 1" in report
@@ -153,9 +156,9 @@ def test_a_table_per_metric_and_a_failed_cell(tmp_path, capsys):
                  "--metric", "global_f1,global_accuracy"]) == 0
     report = out.read_text()
     assert report.index("### `global_f1`") < report.index("### `global_accuracy`")
-    assert table_rows(report, "global_f1")["a"][0] == "**0.4250 ± 0.0354 (n=2)**"
+    assert table_rows(report, "global_f1")["a"][0] == "0.4250 ± 0.0354 (n=2)"
     assert table_rows(report, "global_accuracy")["b"][:2] == ["failed", "not run"]
-    assert "- `b`: no GLoRA variant has finished; best was `fedit` with 0.9000." in report
+    assert "| b | not run | n/a |" in report  # no glora seed to pair fedit's with
     assert len(list((tmp_path / "elsewhere" / "sweep_plots").glob("*.png"))) == 5
 
 
@@ -166,8 +169,9 @@ def test_only_reports_the_named_settings_and_refuses_an_unknown_one(tmp_path):
     report = out.read_text()
     assert "4 runs, 3 finished, 1 failed, 0 not yet run" in report
     assert table_rows(report, "global_accuracy") == {
-        "b": ["0.5500 ± 0.0707 (n=2)", "**0.9000 (n=1; 1 failed)** †"]}  # no glora_energy column
-    assert f"--store {store} --only b`" in report and f"`glora report {store} --only b`" in report
+        "b": ["0.5500 ± 0.0707 (n=2)", "0.9000 (n=1; 1 failed) †"]}  # no glora_energy column
+    assert f"--store {store} --only b`" in report
+    assert f"`glora report {store} --only b --paired glora --out {out}`" in report
     with pytest.raises(ConfigError, match=r"`--only`: no setting 'c' in this store \(its "
                                           r"settings: a, b\)"):
         write_report(store, only=["b", "c"])
@@ -191,7 +195,8 @@ def test_report_of_a_real_sweep(tmp_path, tiny_model_dir, tiny_csv, capsys):
     assert main(["report", str(store)]) == 0
     report = (store / "report.md").read_text()
     (row,) = table_rows(report, "global_accuracy").values()
-    glora, fedit = (cell.replace("**", "") for cell in row)
+    glora, fedit = row
     assert glora.endswith("(n=1)") and fedit.endswith("(n=1) †")  # fedit ran at one rank
-    assert "**" in row[0] + row[1]  # the best is bold
-    assert len(list((store / "report_plots").glob("*.png"))) == 3
+    assert "| iid | " in report.split("Paired differences `glora` − X")[1]
+    # the runs record shadow distances: their per-round plots join the metric and server plots
+    assert len(list((store / "report_plots").glob("*.png"))) == 5

@@ -1,0 +1,53 @@
+"""Every results page under docs/ that `glora report` wrote is what its committed store gives now.
+
+A page names the command that made it (`glora report STORE ... --out docs/PAGE.md`, in its "How
+these numbers were obtained" section); this re-runs that command into a temporary folder and
+compares the tables, line by line, with the page's first tables (text added by hand below them
+is not compared).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from glora.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = re.compile(r"`(glora report [^`]+ --out (docs/[\w./-]+\.md))`")
+
+
+def generated_pages() -> list[tuple[Path, list[str]]]:
+    """``(page, report arguments)`` of every docs page that names the report that wrote it."""
+    pages = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for command, out in COMMAND.findall(page.read_text()):
+            if ROOT / out == page:
+                pages.append((page, shlex.split(command)[1:]))
+    return pages
+
+
+def tables(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+def test_the_results_pages_name_their_reports():
+    names = {page.name for page, _ in generated_pages()}
+    assert {"results.md", "results_backbone.md", "task_heterogeneity.md"} <= names
+
+
+@pytest.mark.parametrize("page,args", generated_pages(), ids=lambda x: getattr(x, "name", ""))
+def test_a_page_equals_what_its_store_gives(page: Path, args: list[str], tmp_path,
+                                            monkeypatch):
+    monkeypatch.chdir(ROOT)  # the command's store path is relative to the repository
+    out = args.index("--out")
+    args[out + 1] = str(tmp_path / page.name)
+    assert main(args) == 0
+    fresh = tables((tmp_path / page.name).read_text())
+    assert fresh, f"{page.name}: the report has no table"
+    assert tables(page.read_text())[:len(fresh)] == fresh, (
+        f"{page.relative_to(ROOT)} differs from `{' '.join(args)}`; rebuild it with the command "
+        "its provenance section names.")
