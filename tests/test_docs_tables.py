@@ -51,3 +51,21 @@ def test_a_page_equals_what_its_store_gives(page: Path, args: list[str], tmp_pat
     assert tables(page.read_text())[:len(fresh)] == fresh, (
         f"{page.relative_to(ROOT)} differs from `{' '.join(args)}`; rebuild it with the command "
         "its provenance section names.")
+
+
+SUMMARY = re.compile(r"^<!-- (glora summary (\S+)) -->$", re.MULTILINE)
+
+
+def test_the_readme_tables_equal_what_their_runs_give(capsys, monkeypatch):
+    """A README table under ``<!-- glora summary DIR -->`` is that command's output, from the run
+    folder committed under ``results/``."""
+    monkeypatch.chdir(ROOT)
+    readme = (ROOT / "README.md").read_text()
+    found = SUMMARY.findall(readme)
+    assert found, "the README's default table names no `glora summary` command"
+    for command, folder in found:
+        assert (ROOT / folder / "config.yaml").is_file(), f"{folder} is not committed"
+        assert main(shlex.split(command)[1:]) == 0
+        fresh = capsys.readouterr().out.strip().splitlines()
+        after = readme.split(f"<!-- {command} -->\n", 1)[1].splitlines()
+        assert after[:len(fresh)] == fresh, f"README: rebuild the table with `{command}`"

@@ -1,4 +1,4 @@
-"""The ``glora`` command: ``run``, ``methods``, ``gauge``, ``sweep``, ``report``.
+"""The ``glora`` command: ``run``, ``methods``, ``summary``, ``gauge``, ``sweep``, ``report``.
 
 ``glora run [--config FILE] [--resume] [key=value ...]`` runs the embedded default comparison
 unless told otherwise; overrides use dotted keys (``train.rounds=3 methods=[glora,fedit]``).
@@ -26,6 +26,7 @@ EPILOG = """examples:
   glora sweep --jobs 2 my_sweep.yaml train.rounds=4   # run what is missing; overrides apply to base
   glora sweep --only iid,dirichlet_0.1 my_sweep.yaml   # only these settings' runs
   glora report runs/sweeps/my_sweep           # tables and plots: runs/sweeps/my_sweep/report.md
+  glora summary runs/default                  # a run's table again, from its metrics.jsonl files
 """
 
 
@@ -80,7 +81,14 @@ def _sweep(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from glora.report import write_report
 
-    print(f"report: {write_report(args.store, args.out, args.metric, _names(args.only), args.paired)}")
+    path = write_report(args.store, args.out, args.metric, _names(args.only), args.paired)
+    print(f"report: {path}")
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from glora.federation.summary import markdown_table, summary_rows
+
+    print(markdown_table(summary_rows(args.run_dir)))
 
 
 def _names(text: str | None) -> list[str]:
@@ -115,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.rounds=3")
     run.set_defaults(func=_run)
     sub.add_parser("methods", help="list aggregation methods").set_defaults(func=_methods)
+    summary = sub.add_parser("summary", help="print a run's summary table from the "
+                             "metrics.jsonl files in its output_dir (no checkpoint needed)")
+    summary.add_argument("run_dir", metavar="DIR", help="the output_dir of a `glora run`")
+    summary.set_defaults(func=_summary)
     gauge = sub.add_parser("gauge", help="does a method's update change when clients refactor "
                            "their LoRA factors? (docs/gauge.md)", epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from glora.aggregation import methods
 from glora.cli import main
+from glora.config import save_config
 
 
 def test_methods_lists_every_registered_method(capsys):
@@ -29,3 +32,28 @@ def test_run_prints_the_table_and_writes_results(tiny_config, tiny_model_dir, ti
 def test_bad_config_exits_2_with_the_key(capsys):
     assert main(["run", "train.roundz=1"]) == 2
     assert "unknown key `train.roundz`" in capsys.readouterr().err
+
+
+def test_summary_rebuilds_a_runs_table_from_its_metrics(tiny_config, capsys, tmp_path):
+    cfg = tiny_config("train.rounds=1", "methods=[glora,fedit]", "eval.baseline=true")
+    save_config(cfg, tmp_path / "run.yaml")
+    assert main(["run", "--config", str(tmp_path / "run.yaml")]) == 0
+    out = Path(cfg.output_dir)
+    for checkpoint in out.glob("*/checkpoint.pt"):  # a committed run folder keeps none
+        checkpoint.unlink()
+    capsys.readouterr()
+    assert main(["summary", str(out)]) == 0
+    rebuilt = capsys.readouterr().out.strip().splitlines()
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip("|").split(" | ")]
+
+    # the table `glora run` wrote, less the wall time, which the metrics do not keep
+    written = [line for line in (out / "summary.md").read_text().splitlines()
+               if not line.startswith("|---")]
+    wall = cells(written[0]).index("wall_seconds")
+    assert len(rebuilt) == len(written) + 1
+    assert [cells(line)[:wall] + cells(line)[wall + 1:] for line in written] == \
+        [cells(line) for line in rebuilt if not line.startswith("|---")]
+    assert cells(rebuilt[2])[0] == "untuned (zero-shot)"
+    assert main(["summary", str(tmp_path / "nowhere")]) == 2

@@ -43,6 +43,6 @@ def main(grid: Grid, context: Context) -> None:
             rounds.resume(server, out / method)
         strategy.start(grid, timeout=options.round_timeout)
         prepared.export(strategy.server.state.model, out / method / "adapter")
-        rows.append(summarize(strategy.server.label, strategy.server.state,
+        rows.append(summarize(strategy.server.label, strategy.server.state.history,
                               time.perf_counter() - started))
     write_summary(rows, out, cfg.methods)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from glora.atomic import write_atomic
 from glora.config import ExperimentConfig, save_config
 from glora.federation.prepare import Prepared, prepare
-from glora.federation.summary import summarize, write_summary
+from glora.federation.summary import UNTUNED_FILE, summarize, write_summary
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 
@@ -46,7 +46,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int 
             bar.close()
             if export and state.model.round == cfg.train.rounds:
                 prepared.export(state.model, out / method / "adapter")
-            rows.append(summarize(sim.label, state, time.perf_counter() - started))
+            rows.append(summarize(sim.label, state.history, time.perf_counter() - started))
     write_summary(rows, out, cfg.methods)
     return rows
 
@@ -54,7 +54,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int 
 def untuned_row(prepared: Prepared, out: Path) -> dict[str, Any]:
     """The pretrained model without any adapter (zero-shot), scored once and kept in
     ``untuned.json`` so a resumed run does not score it again."""
-    path = out / "untuned.json"
+    path = out / UNTUNED_FILE
     if path.is_file():
         return json.loads(path.read_text())
     started = time.perf_counter()

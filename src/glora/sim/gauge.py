@@ -242,8 +242,8 @@ def _row(plain: Simulation, gauged: Simulation, init: str, metrics: list[str]) -
                            "update_change_round1": history[0][CHANGE_MAX],
                            "rounding_floor": max(h[FLOOR] for h in history)}
     for metric in dict.fromkeys(metrics):
-        untouched = summarize(plain.label, plain.server.state, 0.0).get(metric)
-        with_gauge = summarize(gauged.label, gauged.server.state, 0.0).get(metric)
+        untouched = summarize(plain.label, plain.server.state.history).get(metric)
+        with_gauge = summarize(gauged.label, gauged.server.state.history).get(metric)
         row.update({f"{metric}_untouched": untouched, f"{metric}_gauged": with_gauge,
                     f"{metric}_difference": None if untouched is None or with_gauge is None
                     else with_gauge - untouched})
