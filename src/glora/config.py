@@ -76,6 +76,12 @@ class TrainConfig:
     # Fresh adapter inits: `shared` (one per round, every client the same start) or
     # `independent` (one per client and round). FFA-LoRA always shares its frozen `A`.
     init: str = "shared"
+    # Where clients train and the server evaluates: auto (CUDA, then MPS, then CPU) | cpu | cuda
+    # | cuda:N | mps. Simulator workers take the visible GPUs in turn.
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward pass (LoRA stays fp32)
+    grad_accum_steps: int = 1  # micro-batches a step's batch is split into (same step, less memory)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
 
 
 @dataclass
@@ -128,7 +134,9 @@ class ExperimentConfig:
 
 #: Keys added after runs were stored, with the value those runs had (a saved config without the
 #: key ran that way): the sweep compares a stored run's config with this filled in.
-IMPLIED_BEFORE = {"train.lr_schedule": "constant"}
+IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
+                  "train.precision": "fp32", "train.grad_accum_steps": 1,
+                  "train.gradient_checkpointing": False}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -195,6 +203,18 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> 
 
 def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
     from glora.aggregation import get_method, methods
+    from glora.devices import PRECISIONS, resolve_device
+
+    if cfg.train.precision not in PRECISIONS:
+        problems.append(f"`train.precision` must be one of {list(PRECISIONS)}, got "
+                        f"{cfg.train.precision!r}.")
+    try:
+        resolve_device(cfg.train.device)
+    except ConfigError as err:
+        problems.append(str(err))
+    if not 1 <= cfg.train.grad_accum_steps <= max(cfg.train.batch_size, 1):
+        problems.append(f"`train.grad_accum_steps` must be between 1 and `train.batch_size` "
+                        f"({cfg.train.batch_size}), got {cfg.train.grad_accum_steps}.")
 
     for path, allowed in CHOICES.items():
         section, key = path.split(".")

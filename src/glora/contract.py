@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from glora.devices import PRECISIONS
+
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -39,6 +41,11 @@ class TrainTask:
             classification ``(input_ids, attention_mask[, token_type_ids], labels)``).
         steps, batch_size, lr, optimizer, weight_decay: the local optimization.
         head_lr: learning rate of the classification head (``None``: ``lr``).
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast of the forward pass (the trained
+            parameters and optimizer state stay float32; fp16 scales the gradients).
+        grad_accum_steps: micro-batches a step's ``batch_size`` examples are split into (less
+            memory, the same step).
+        gradient_checkpointing: recompute activations in the backward pass (less memory).
     """
 
     client_id: int
@@ -58,13 +65,17 @@ class TrainTask:
     weight_decay: float = 0.0
     head_lr: float | None = None
     init_rank: int | None = None
+    precision: str = "fp32"
+    grad_accum_steps: int = 1
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"`{name}` must be a positive integer, got {value!r}."
                     for name, value in (("rank", self.rank), ("steps", self.steps),
                                         ("batch_size", self.batch_size),
                                         ("init_rank", self.rank if self.init_rank is None
-                                         else self.init_rank))
+                                         else self.init_rank),
+                                        ("grad_accum_steps", self.grad_accum_steps))
                     if isinstance(value, bool) or not isinstance(value, int) or value < 1]
         for name, value in (("lr", self.lr), ("head_lr", 1.0 if self.head_lr is None
                                               else self.head_lr)):
@@ -74,6 +85,9 @@ class TrainTask:
                 and self.init_rank < self.rank:
             problems.append(f"`init_rank` ({self.init_rank}) must be at least `rank` "
                             f"({self.rank}).")
+        if self.precision not in PRECISIONS:
+            problems.append(f"`precision` must be one of {list(PRECISIONS)}, "
+                            f"got {self.precision!r}.")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"`optimizer` must be one of {list(OPTIMIZERS)}, "
                             f"got {self.optimizer!r}.")

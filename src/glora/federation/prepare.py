@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from glora.config import ExperimentConfig
+from glora.devices import resolve_device
 from glora.global_model import GlobalModel
 from glora.tasks import TaskData, task_for
 from glora.training.cache import ModelCache
@@ -47,7 +48,8 @@ class Prepared:
     @property
     def cache(self) -> ModelCache:
         if self._cache is None:
-            self._cache = ModelCache(**self.model_spec)
+            device = resolve_device(self.cfg.train.device)
+            self._cache = ModelCache(**self.model_spec, device=device)
         return self._cache
 
     def evaluate(self, deltas: dict[str, Tensor], head: dict[str, Tensor], prefix: str,

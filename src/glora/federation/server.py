@@ -105,7 +105,10 @@ class FederatedServer:
                 head=model.start_head(local), base=model.base, frozen=self.spec.frozen,
                 data=(), steps=self.cfg.train.local_steps, batch_size=self.cfg.train.batch_size,
                 lr=lr, optimizer=self.cfg.train.optimizer,
-                weight_decay=self.cfg.train.weight_decay, head_lr=head_lr))
+                weight_decay=self.cfg.train.weight_decay, head_lr=head_lr,
+                precision=self.cfg.train.precision,
+                grad_accum_steps=self.cfg.train.grad_accum_steps,
+                gradient_checkpointing=self.cfg.train.gradient_checkpointing))
         return tasks
 
     def aggregate(self, results: list, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """The glora ClientApp: a SuperNode trains the task of its own data partition.
 
 The node's ``partition-id`` (``--node-config "partition-id=0 num-partitions=3"``) is its glora
-client id. The data come from :func:`glora.federation.prepare.prepare` on the run's experiment
-config, cached per process (Flower 1.42's deployment runtime starts a process per message, so the
+client id; an optional ``device`` (``"... device=cuda:1"``) is where it trains (default: the
+run's ``train.device``). The data come from :func:`glora.federation.prepare.prepare` on the run's
+experiment config, cached per process (Flower 1.42's deployment runtime starts a process per message, so the
 cache pays off where processes are reused), and training is
 :func:`glora.training.train.train_client`, as in the simulator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -33,11 +35,15 @@ def _partition(context: Context) -> tuple[int, int | None]:
 
 
 @cache
-def _prepared(options: RunOptions) -> Prepared:
-    """Data and model of the run, built once per process (and not for partition queries)."""
+def _prepared(options: RunOptions, device: str | None) -> Prepared:
+    """Data and model of the run, built once per process (and not for partition queries), on
+    the node's ``device`` (node config) or else the run's ``train.device``."""
     from glora.federation.prepare import prepare
 
-    return prepare(options.experiment())
+    cfg = options.experiment()
+    if device is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+    return prepare(cfg)
 
 
 @app.query()
@@ -50,7 +56,9 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train the task on this node's partition; reply with the adapter, head and metrics."""
     client, _ = _partition(context)
-    prepared = _prepared(RunOptions.from_run_config(context.run_config))
+    device = context.node_config.get("device")
+    prepared = _prepared(RunOptions.from_run_config(context.run_config),
+                         None if device is None else str(device))
     task = codec.decode_task(msg.content, data=prepared.client_train(client))
     if task.client_id != client:
         raise ValueError(f"this node serves partition {client} but got the task of client "

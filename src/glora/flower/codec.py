@@ -20,7 +20,9 @@ from glora.errors import GloraError
 #: TrainTask scalar field -> ConfigRecord key.
 TASK_SCALARS = {"client_id": "client-id", "round": "round", "rank": "rank", "seed": "seed",
                 "init_seed": "init-seed", "steps": "steps", "batch_size": "batch-size",
-                "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight-decay"}
+                "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight-decay",
+                "precision": "precision", "grad_accum_steps": "grad-accum-steps",
+                "gradient_checkpointing": "gradient-checkpointing"}
 #: TrainTask scalar fields that may be ``None`` (then left out of the record).
 TASK_OPTIONAL = {"head_lr": "head-lr", "init_rank": "init-rank"}
 #: TrainTask tensor-dict fields (``adapter`` and ``head`` may be ``None``).

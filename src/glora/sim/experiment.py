@@ -29,7 +29,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int 
     save_config(cfg, out / "config.yaml")
     prepared = prepare(cfg)
     rows = [untuned_row(prepared, out)] if cfg.eval.baseline else []
-    with ClientExecutor(prepared.model_spec, cfg.workers) as executor:
+    with ClientExecutor(prepared.model_spec, cfg.workers, cfg.train.device) as executor:
         for method in cfg.methods:
             sim = Simulation(cfg, method, prepared, out / method, executor)
             started = time.perf_counter()

@@ -214,7 +214,7 @@ def run_gauge(cfg: ExperimentConfig, cond_range: tuple[float, float] = (1.0, 100
     metric = "global_" + prepared.metrics[0]
     rows = []
     bar = tqdm(total=2 * len(inits) * len(cfg.methods) * cfg.train.rounds, unit="round")
-    with ClientExecutor(prepared.model_spec, cfg.workers) as executor:
+    with ClientExecutor(prepared.model_spec, cfg.workers, cfg.train.device) as executor:
         for init in inits:
             run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=init))
             (out / init).mkdir(exist_ok=True)

@@ -1,7 +1,8 @@
 """Run client tasks in worker processes, one torch thread each, so every core trains.
 
-Each worker builds its model cache once, for whatever task the model spec names. Results do not
-depend on which worker ran a task: a task carries its own seeds.
+Each worker builds its model cache once, for whatever task the model spec names, on its device
+(with CUDA the visible GPUs in turn: worker ``i`` on ``cuda:{i % n}``). Results do not depend on
+which worker ran a task: a task carries its own seeds.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ from typing import Any
 import torch
 
 from glora.contract import TrainResult, TrainTask
+from glora.devices import worker_device
 from glora.training.cache import ModelCache
 from glora.training.train import train_client
 
 _CACHE: ModelCache | None = None
 
 
-def _init(model_spec: dict[str, Any]) -> None:
+def _init(model_spec: dict[str, Any], device: str, counter: Any = None) -> None:
+    """Build this worker's cache; ``counter`` (shared) numbers the workers for their GPUs."""
     global _CACHE
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    _CACHE = ModelCache(**model_spec)
+    index = 0
+    if counter is not None:
+        with counter.get_lock():
+            index, counter.value = counter.value, counter.value + 1
+    _CACHE = ModelCache(**model_spec, device=worker_device(device, index))
 
 
 def _run(task: TrainTask) -> TrainResult:
@@ -36,17 +43,19 @@ class ClientExecutor:
     """Callable that trains a list of tasks and returns their results in task order.
 
     ``workers=1`` runs inline in this process (no pickling; handy in tests and debuggers).
+    ``device`` is ``train.device`` (:func:`glora.devices.worker_device` places each worker).
     """
 
-    def __init__(self, model_spec: dict[str, Any], workers: int) -> None:
+    def __init__(self, model_spec: dict[str, Any], workers: int, device: str = "auto") -> None:
         self.workers = workers
         self.model_spec = model_spec
         self.pool: ProcessPoolExecutor | None = None
         if workers > 1:
-            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                            initializer=_init, initargs=(model_spec,))
+            context = mp.get_context("spawn")
+            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
+                                            initargs=(model_spec, device, context.Value("i", 0)))
         else:
-            _init(model_spec)
+            _init(model_spec, device)
 
     def __call__(self, tasks: list[TrainTask]) -> list[TrainResult]:
         if self.pool is None:

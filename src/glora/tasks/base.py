@@ -82,6 +82,10 @@ class Task(Protocol):
     def loss(self, model: nn.Module, data: tuple[Tensor, ...], idx: Tensor) -> Tensor:
         """Mean training loss of ``model`` on the examples ``idx`` of ``data``."""
 
+    def loss_weight(self, data: tuple[Tensor, ...], idx: Tensor) -> int:
+        """What :meth:`loss` averages over for ``idx`` (examples, or answer tokens), so that
+        micro-batches of one step add up to the step's mean loss."""
+
     def prepare(self, cfg: ExperimentConfig) -> TaskData:
         """Load, split, partition and tokenize the run's data."""
 

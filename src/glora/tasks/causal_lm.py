@@ -184,6 +184,9 @@ class CausalLMTask:
     def loss(self, model: nn.Module, data: tuple[Tensor, ...], idx: Tensor) -> Tensor:
         return answer_loss(model, lm_batch(data, idx))
 
+    def loss_weight(self, data: tuple[Tensor, ...], idx: Tensor) -> int:
+        return int((data[2][idx][:, 1:] != IGNORE_INDEX).sum())  # the tokens predicted
+
     def prepare(self, cfg: Any) -> InstructionData:
         """Load the tasks, split seen/unseen, partition seen tasks over clients, tokenize."""
         from glora.data import partition

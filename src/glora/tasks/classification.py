@@ -28,18 +28,22 @@ HEAD_MODULES = ("classifier", "score")
 MetricFn = Callable[[Tensor, Tensor], dict[str, float]]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def logits(model: nn.Module, data: Sequence[Tensor], batch_size: int = 128) -> Tensor:
-    """Logits (``n x num_labels``, float32 CPU) of any Hugging Face classifier, plain or PEFT.
+    """Logits (``n x num_labels``, float32 CPU) of any Hugging Face classifier, plain or PEFT,
+    computed on the model's device.
 
     Examples are batched by length (then put back in order), so a batch is padded only to the
     length of similar examples: on sentences this halves the tokens a pass computes.
     """
     model.eval()
+    device = next(model.parameters()).device
     order = torch.argsort(data[1].sum(dim=1), stable=True)
-    out = torch.cat([model(**batch_inputs(data, order[i:i + batch_size])[0]).logits.float()
-                     for i in range(0, len(order), batch_size)])
-    return out[torch.argsort(order)]
+    out = []
+    for i in range(0, len(order), batch_size):
+        inputs = batch_inputs(data, order[i:i + batch_size])[0]
+        out.append(model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu())
+    return torch.cat(out)[torch.argsort(order)]
 
 
 def to_predictions(out: Tensor) -> Tensor:
@@ -154,6 +158,9 @@ class ClassificationTask:
     def loss(self, model: nn.Module, data: tuple[Tensor, ...], idx: Tensor) -> Tensor:
         inputs, labels = batch_inputs(data, idx)
         return model(**inputs, labels=labels).loss
+
+    def loss_weight(self, data: tuple[Tensor, ...], idx: Tensor) -> int:
+        return len(idx)
 
     def prepare(self, cfg: Any) -> ClassificationData:
         """Load, split, partition and tokenize; errors name the dataset and the client."""

@@ -40,7 +40,7 @@ def per_task_rouge(predictions: Sequence[str], references: Sequence[Sequence[str
     return {t: sum(v) / len(v) for t, v in sorted(scores.items())}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: nn.Module, prompts: Sequence[Tensor], max_new_tokens: int, pad_id: int,
              eos_id: int | None, batch_size: int = 16) -> list[list[int]]:
     """Greedy continuations (token ids, EOS and what follows dropped) of right-padded prompts
@@ -59,11 +59,13 @@ def generate(model: nn.Module, prompts: Sequence[Tensor], max_new_tokens: int, p
         for j, k in enumerate(n.tolist()):  # left padding: every prompt ends at the last column
             batch[j, width - k:] = ids[start + j, :k]
             attn[j, width - k:] = 1
-        gen = model.generate(input_ids=batch, attention_mask=attn, do_sample=False,
+        device = next(model.parameters()).device
+        gen = model.generate(input_ids=batch.to(device), attention_mask=attn.to(device),
+                             do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                              eos_token_id=eos_id, num_beams=1, top_p=None, top_k=None,
                              temperature=None)
-        for row in gen[:, width:].tolist():
+        for row in gen[:, width:].cpu().tolist():
             if eos_id is not None and eos_id in row:
                 row = row[:row.index(eos_id)]
             out.append(row[:max_new_tokens])

@@ -116,21 +116,24 @@ class ModelCache:
         problem_type: passed to Hugging Face (``None`` infers it); classification only.
         seed: seed of a new head's initialization (the same in every process).
         task: registry name of the task (:mod:`glora.tasks`).
+        device: where the model lives, trains and evaluates (``"cpu"``, ``"cuda:0"``, ...;
+            :func:`glora.devices.resolve_device` turns ``train.device`` into one).
     """
 
     def __init__(self, model: str | None = None, num_labels: int = 2,
                  target_modules: Sequence[str] | None = None, alpha: float = 16.0,
                  rslora: bool = False, dropout: float = 0.0, max_rank: int | None = None,
                  problem_type: str | None = None, seed: int = 0,
-                 task: str = "classification") -> None:
+                 task: str = "classification", device: str | torch.device = "cpu") -> None:
         self.task = get_task(task)
+        self.device = torch.device(device)
         self.model_name = model
         self.path = self.task.resolve(model)
         self.num_labels = num_labels
         self.target_modules = tuple(target_modules or self.task.default_targets)
         self.alpha, self.rslora, self.dropout = float(alpha), bool(rslora), float(dropout)
         self.plain = self.task.load_model(self.path, num_labels, problem_type,
-                                          seed).requires_grad_(False)
+                                          seed).requires_grad_(False).to(self.device)
         self.head_modules = self.task.head_modules(self.plain)
         self._plain_layers = self._find_layers()
         self.layers = {k: tuple(m.weight.shape) for k, m in self._plain_layers.items()}
@@ -217,7 +220,7 @@ class ModelCache:
         if unknown:
             raise ValueError(f"base deltas for layers the model does not adapt: {unknown[:4]}; "
                              f"adapted layers look like `{next(iter(self._w0))}`.")
-        weights = {k: self._w0[k] + deltas[k].to(self._w0[k].dtype) if k in deltas else self._w0[k]
+        weights = {k: self._w0[k] + deltas[k].to(self._w0[k]) if k in deltas else self._w0[k]
                    for k in layers}
         copy_into({k: m.weight for k, m in layers.items()}, weights, "base delta")
 

@@ -76,7 +76,7 @@ def export_adapter(cache: ModelCache, deltas: dict[str, Tensor], head: dict[str,
     copy_into(adapter_parameters(model, "default"), {**values, **(head or cache.head_init)},
               "exported adapter")
     out = Path(path)
-    model.save_pretrained(out)
+    model.cpu().save_pretrained(out)  # loadable on any machine
     info = {**(metadata or {}), "task": cache.task.name, "base_model": cache.model_name,
             **({"num_labels": cache.num_labels} if cache.head_init else {}),
             "ranks": {names[k]: r for k, r in ranks.items()}}

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from glora.contract import TrainResult, TrainTask
+from glora.devices import AUTOCAST_DTYPE
 from glora.global_model import LORA_A, LORA_B
 
 from .cache import Adapter, ModelCache, check_tensors, copy_into
@@ -79,16 +80,27 @@ def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator)
     return batches
 
 
+def micro_batches(idx: Tensor, k: int) -> list[Tensor]:
+    """``idx`` split into ``k`` consecutive, nearly equal parts (fewer if ``idx`` is shorter)."""
+    return [part for part in torch.tensor_split(idx, min(k, len(idx))) if len(part)]
+
+
 def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
     """Train one client's adapter (and head, where the task has one) from the task's start;
-    return copies of both.
+    return copies of both, on the CPU.
 
-    The LoRA settings (alpha, rsLoRA, dropout, target modules) and the task are the cache's.
+    The LoRA settings (alpha, rsLoRA, dropout, target modules), the task and the device are the
+    cache's. A step's ``batch_size`` examples are split into ``grad_accum_steps`` micro-batches
+    whose gradients add up, each weighted by its share of the task's loss weight (examples, or
+    answer tokens), so the step equals one pass over the whole batch. ``precision`` runs the
+    forward pass under ``torch.autocast`` (fp16 with a gradient scaler); the trained parameters
+    and the optimizer state stay float32.
     """
     problems = task.data_problems() or cache.task.data_problems(task.data)
     if problems:
         raise ValueError(f"client {task.client_id}, round {task.round}: {problems[0]}")
     started = time.perf_counter()
+    device = cache.device
     adapter = cache.adapter(task.rank)
     copy_into(adapter.lora, start_adapter(task, adapter), f"rank-{task.rank} adapter")
     copy_into(adapter.head, task.head or cache.head_init, "head")
@@ -108,27 +120,44 @@ def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
                                                        weight_decay=task.weight_decay)
     else:
         opt = torch.optim.SGD(groups, lr=task.lr, weight_decay=task.weight_decay)
+    autocast_dtype = AUTOCAST_DTYPE[task.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=task.precision == "fp16")
 
     batch_seed, dropout_seed = np.random.SeedSequence(
         [task.seed, task.round, task.client_id]).generate_state(2)
     order = batch_order(len(task.data[0]), task.steps, task.batch_size,
                         torch.Generator().manual_seed(int(batch_seed)))
+    data = tuple(t.to(device) for t in task.data)
+    base = model.get_base_model()
     losses = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(dropout_seed))
         model.train()
+        if task.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         try:
             for idx in order:
-                loss = cache.task.loss(model, task.data, idx)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+                parts = micro_batches(idx, task.grad_accum_steps)
+                weights = [cache.task.loss_weight(data, part) for part in parts]
+                step_loss = 0.0
+                for part, weight in zip(parts, weights):
+                    with torch.autocast(device.type, dtype=autocast_dtype,
+                                        enabled=autocast_dtype is not None):
+                        loss = cache.task.loss(model, data, part)
+                    share = weight / sum(weights)
+                    scaler.scale(loss * share if len(parts) > 1 else loss).backward()
+                    step_loss += share * float(loss.detach())
+                scaler.step(opt)
+                scaler.update()
+                losses.append(step_loss)
         finally:
+            if task.gradient_checkpointing:
+                base.gradient_checkpointing_disable()
             model.eval().requires_grad_(False)
     return TrainResult(
         client_id=task.client_id,
-        adapter={k: p.detach().clone() for k, p in adapter.lora.items()},
-        head={k: p.detach().clone() for k, p in adapter.head.items()},
+        adapter={k: p.detach().cpu().clone() for k, p in adapter.lora.items()},
+        head={k: p.detach().cpu().clone() for k, p in adapter.head.items()},
         num_examples=len(task.data[0]), train_loss=sum(losses) / len(losses),
         seconds=time.perf_counter() - started)
