@@ -40,7 +40,7 @@ def plain_peft_seconds(data: tuple, batches: list, rank: int) -> float:
 
     model = get_peft_model(load_classifier(default_model_path(), num_labels=2),
                            lora_config(ClassificationTask.peft_type, rank, 16.0,
-                                       ClassificationTask.default_targets))
+                                       ("query", "value")))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     started = time.perf_counter()

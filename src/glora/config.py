@@ -39,7 +39,9 @@ class ModelConfig:
     """Backbone. ``name``: a Hugging Face id or local path; ``None`` is the packaged MiniLM-L6."""
 
     name: str | None = None
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    # Modules that get LoRA; null: PEFT's default for the architecture (query/value for BERT,
+    # q_proj/v_proj for Llama), or an error listing the model's linear layers where it has none.
+    target_modules: list[str] | None = None
 
 
 @dataclass

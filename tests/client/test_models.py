@@ -106,3 +106,21 @@ def test_fresh_base_has_pretrained_weights_after_the_global_model_changed(cache:
     fresh = cache.fresh_base()
     assert torch.equal(fresh.get_submodule(QUERY0.removeprefix(PEFT_PREFIX)).weight, w0)
     cache.global_model({}, None)
+
+
+def test_target_modules_default_to_peft_s_choice_for_the_architecture(tiny_model_dir: str):
+    cache = ModelCache(tiny_model_dir, target_modules=None)
+    assert cache.target_modules == ("query", "value")  # PEFT's default for BERT
+
+
+def test_an_architecture_without_a_default_names_its_linear_layers(tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(vocab_size=30, dim=16, n_layers=1, n_heads=2, hidden_dim=24,
+                              max_position_embeddings=16)
+    DistilBertForSequenceClassification(config).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"no default LoRA target modules for model type "
+                                          r"'distilbert'; set `model.target_modules` to some of "
+                                          r"its linear layers: \[.*'q_lin'.*'v_lin'"):
+        ModelCache(str(tmp_path))
+    assert ModelCache(str(tmp_path), target_modules=["q_lin", "v_lin"]).layers  # named: it works

@@ -247,16 +247,19 @@ def _top_eigh(G: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenpairs of the symmetric ``G`` (lower triangle read; destroyed), descending.
 
     LAPACK's ``?syevr`` on the requested index range: ``O(m k)`` workspace besides ``G`` itself,
-    instead of the ``O(m^2)`` of a full ``eigh``.
+    instead of the ``O(m^2)`` of a full ``eigh``. ``G`` is small (``sum r_i`` square): on an
+    accelerator it goes to the CPU for this and the eigenpairs come back.
     """
     m = G.shape[0]
     # scipy's BLAS starts a thread per core unless told otherwise; next to busy worker processes
     # those threads spin-wait and one call ran 10-50x slower. Use torch's thread count instead.
     with _blas_threads().limit(limits=torch.get_num_threads(), user_api="blas"):
         # G is row-major; its transpose is a column-major view whose upper triangle is G's lower.
-        lam, vec = scipy.linalg.eigh(G.numpy().T, lower=False, subset_by_index=[m - k, m - 1],
-                                     driver="evr", overwrite_a=True, check_finite=False)
-    return torch.from_numpy(lam[::-1].copy()), torch.from_numpy(vec[:, ::-1].copy())
+        lam, vec = scipy.linalg.eigh(G.cpu().numpy().T, lower=False,
+                                     subset_by_index=[m - k, m - 1], driver="evr",
+                                     overwrite_a=True, check_finite=False)
+    return (torch.from_numpy(lam[::-1].copy()).to(G.device),
+            torch.from_numpy(vec[:, ::-1].copy()).to(G.device))
 
 
 def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,

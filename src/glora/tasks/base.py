@@ -60,8 +60,6 @@ class Task(Protocol):
     name: str
     #: PEFT's task type of the task's LoRA config.
     peft_type: TaskType
-    #: Modules that get LoRA when the config names none.
-    default_targets: tuple[str, ...]
 
     def claims(self, dataset: str) -> bool:
         """Whether ``data.dataset`` names data of this task (the default task claims none)."""

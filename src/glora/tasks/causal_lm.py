@@ -155,8 +155,6 @@ class CausalLMTask:
 
     name = "causal_lm"
     peft_type = TaskType.CAUSAL_LM
-    #: LoRA on the attention's query and value projections (Llama-style names), as in the paper.
-    default_targets = ("q_proj", "v_proj")
 
     def claims(self, dataset: str) -> bool:
         return is_lm_dataset(dataset)
@@ -205,7 +203,7 @@ class CausalLMTask:
         train = splits.train
         parts = partition.by_task(train.tasks, cfg.data.num_clients, cfg.seed)
         model_spec = {"task": self.name, "model": cfg.model.name,
-                      "target_modules": list(cfg.model.target_modules), "alpha": cfg.lora.alpha,
+                      "target_modules": cfg.model.target_modules, "alpha": cfg.lora.alpha,
                       "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
                       "max_rank": max(cfg.lora.ranks)}
         tokenizer = load_tokenizer(self.resolve(cfg.model.name), pad=True)

@@ -129,7 +129,6 @@ class ClassificationTask:
 
     name = "classification"
     peft_type = TaskType.SEQ_CLS
-    default_targets = ("query", "value")
 
     def claims(self, dataset: str) -> bool:
         return False  # the default task: whatever no other task claims
@@ -192,7 +191,7 @@ class ClassificationTask:
             test_parts = partition.match_label_proportions(parts, train.labels, test.labels,
                                                            cfg.seed)
         model_spec = {"task": self.name, "model": cfg.model.name, "num_labels": train.num_labels,
-                      "target_modules": list(cfg.model.target_modules), "alpha": cfg.lora.alpha,
+                      "target_modules": cfg.model.target_modules, "alpha": cfg.lora.alpha,
                       "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
                       "max_rank": max(cfg.lora.ranks)}
         tokenizer = load_tokenizer(self.resolve(cfg.model.name))

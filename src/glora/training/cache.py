@@ -26,6 +26,28 @@ from glora.tasks import get_task
 
 PEFT_PREFIX = "base_model.model."
 
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The distinct last names of the model's ``nn.Linear`` modules (what LoRA can target)."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear)})
+
+
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """PEFT's default LoRA target modules for the model's architecture (``config.model_type``).
+
+    Raises:
+        ConfigError: PEFT has no default for it; names the type and its linear layers.
+    """
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if kind not in known:
+        raise ConfigError(f"PEFT has no default LoRA target modules for model type {kind!r}; set "
+                          f"`model.target_modules` to some of its linear layers: "
+                          f"{linear_names(model)}.")
+    return tuple(known[kind])
+
 # peft 0.21 still calls a transformers helper that transformers 5 deprecated; nothing to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -109,7 +131,7 @@ class ModelCache:
         model: a local folder or Hugging Face id; ``None`` is the task's packaged model.
         num_labels: classes (1 for regression); classification only.
         target_modules: modules that get LoRA (PEFT's matching: exact name or name suffix);
-            ``None``: the task's default.
+            ``None``: PEFT's default for the model's architecture (:func:`default_targets`).
         alpha: LoRA alpha; the scaling is ``alpha / r`` (``alpha / sqrt(r)`` with ``rslora``).
         dropout: LoRA dropout.
         max_rank: when given, checked against every adapted layer now rather than at first use.
@@ -130,10 +152,10 @@ class ModelCache:
         self.model_name = model
         self.path = self.task.resolve(model)
         self.num_labels = num_labels
-        self.target_modules = tuple(target_modules or self.task.default_targets)
         self.alpha, self.rslora, self.dropout = float(alpha), bool(rslora), float(dropout)
         self.plain = self.task.load_model(self.path, num_labels, problem_type,
                                           seed).requires_grad_(False).to(self.device)
+        self.target_modules = tuple(target_modules or default_targets(self.plain))
         self.head_modules = self.task.head_modules(self.plain)
         self._plain_layers = self._find_layers()
         self.layers = {k: tuple(m.weight.shape) for k, m in self._plain_layers.items()}
@@ -158,10 +180,8 @@ class ModelCache:
                               f"are not nn.Linear: {', '.join(wrong[:4])}; name linear layers "
                               "only.")
         if not found:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in self.plain.named_modules()
-                             if isinstance(m, nn.Linear)})
             raise ConfigError(f"`target_modules` {list(self.target_modules)} match no layer of the "
-                              f"model; its linear layers are named {linear}.")
+                              f"model; its linear layers are named {linear_names(self.plain)}.")
         return {PEFT_PREFIX + n: m for n, m in found.items()}
 
     def scaling(self, rank: int) -> float:
