@@ -37,12 +37,18 @@ def _run(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     if args.engine == "flower":
+        from pathlib import Path
+
+        from glora.federation import output
         from glora.flower.launch import run_flower
 
-        table = run_flower(cfg, args.config, args.overrides, args.resume, args.superlink,
-                           args.root_certificates, args.insecure)
+        with output.locked(Path(cfg.output_dir)):
+            output.claim(cfg, args.resume, args.overwrite, args.force)
+            table = run_flower(cfg, args.config, args.overrides, args.resume, args.superlink,
+                               args.root_certificates, args.insecure)
     else:
-        table = markdown_table(run_experiment(cfg, resume=args.resume))
+        table = markdown_table(run_experiment(cfg, resume=args.resume, overwrite=args.overwrite,
+                                              force=args.force))
     print()
     print(table)
     print(f"\nresults, plots and adapters: {cfg.output_dir}")
@@ -111,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a federated experiment", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", help="YAML config (defaults are built in)")
-    run.add_argument("--resume", action="store_true", help="continue from the last checkpoints")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoints "
+                     "(refused if the config changed since, unless --force)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete what output_dir holds and start again")
+    run.add_argument("--force", action="store_true",
+                     help="with --resume: continue under a changed config")
     run.add_argument("--engine", choices=["sim", "flower"], default="sim",
                      help="in-process simulator, or a Flower deployment (docs/flower.md)")
     run.add_argument("--superlink", metavar="HOST:PORT",

@@ -351,6 +351,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{data: {alpha: 0.1}}`` -> ``{"data.alpha": 0.1}`` (empty mappings stay values)."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        flat.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
+    return flat
+
+
+def config_changes(stored: dict[str, Any], cfg: ExperimentConfig,
+                   ignore: tuple[str, ...] = ("output_dir",)) -> list[str]:
+    """How ``cfg`` differs from a stored run's config (a ``config.yaml`` read as a mapping):
+    ``"`key` old -> new"`` per changed key, keys added since it was stored taken at the value
+    the run had (:data:`IMPLIED_BEFORE`); ``ignore`` lists keys that do not change results."""
+    old = {**IMPLIED_BEFORE, **flatten(stored)}
+    new = flatten(cfg.to_dict())
+    return [f"`{k}` {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if k not in ignore and old.get(k) != new.get(k)]
+
+
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved config so the run can be repeated with ``glora run --config``."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

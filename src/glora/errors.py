@@ -37,3 +37,7 @@ class ConfigError(GloraError, ValueError):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(f"- {p}" for p in self.problems) if len(self.problems) > 1
                          else self.problems[0])
+
+
+class CheckpointError(GloraError):
+    """A checkpoint cannot be loaded safely (names the file)."""

@@ -56,8 +56,8 @@ from tqdm.auto import tqdm
 
 from glora.aggregation import methods
 from glora.atomic import write_atomic
-from glora.config import (IMPLIED_BEFORE, ExperimentConfig, load_config, parse_overrides,
-                          read_yaml_mapping)
+from glora.config import (ExperimentConfig, config_changes, flatten, load_config,
+                          parse_overrides, read_yaml_mapping)
 from glora.errors import ConfigError
 from glora.federation.plots import read_history
 
@@ -150,15 +150,6 @@ def _as_overrides(pairs: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v, default=str)}" for k, v in pairs.items()]
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{data: {alpha: 0.1}}`` -> ``{"data.alpha": 0.1}`` (empty mappings stay values)."""
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        flat.update(_flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
-    return flat
-
-
 def read_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, list[str]]:
     """Parse a sweep file and the command line's ``key=value`` overrides of ``base``.
 
@@ -173,7 +164,7 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
     if not isinstance(name, str):
         problems.append(f"`name` must be a string, got {name!r}.")
     base = _mapping(raw.get("base") or {}, "`base`", problems)
-    base.update(_flatten(parse_overrides(list(overrides))))
+    base.update(flatten(parse_overrides(list(overrides))))
     _check_reserved(base, "`base` or the command line", problems)
     variants = _variants(raw.get("methods"), problems)
     labels = list(raw["methods"]) if isinstance(raw.get("methods"), dict) else []
@@ -189,7 +180,7 @@ def _mapping(value: Any, where: str, problems: list[str]) -> dict[str, Any]:
         problems.append(f"{where} must be a mapping of dotted keys to values "
                         f"(e.g. {{train.rounds: 4}}), got {value!r}.")
         return {}
-    return _flatten(value)
+    return flatten(value)
 
 
 def _check_reserved(overrides: dict[str, Any], where: str, problems: list[str]) -> None:
@@ -406,14 +397,10 @@ def _check_store(jobs: list[Job], store: Path) -> None:
             (job.run.dir / job.run.method / "checkpoint.pt").is_file()
         if not has_results or not (job.run.dir / "config.yaml").is_file():
             continue
-        old = _flatten(yaml.safe_load((job.run.dir / "config.yaml").read_text()) or {})
-        old = {**IMPLIED_BEFORE, **old}
-        new = _flatten(job.cfg.to_dict())
-        changed = sorted(k for k in old.keys() | new.keys()
-                         if k != "output_dir" and old.get(k) != new.get(k))
+        changed = config_changes(yaml.safe_load((job.run.dir / "config.yaml").read_text()) or {},
+                                 job.cfg)
         if changed:
-            stale.append(f"{job.run.name}: " + ", ".join(
-                f"`{k}` {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:3]))
+            stale.append(f"{job.run.name}: " + ", ".join(changed[:3]))
     if stale:
         raise ConfigError([f"{store} holds results of another config for these runs "
                            "(use another `--store`, or delete their folders to rerun them):",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from glora.federation import checkpoint
+from glora.federation.server import load_state
 from tests.sim.conftest import write_csv
 
 EXPERIMENT = ["data.num_clients=3", "data.partition=iid", "data.max_length=12",
@@ -33,5 +33,5 @@ def history(out: Path, method: str = "glora") -> list[dict]:
 
 def checkpoint_history(out: Path, method: str = "glora") -> list[dict]:
     """The history in ``out/<method>/checkpoint.pt``, as ``metrics.jsonl`` spells it (JSON)."""
-    state = checkpoint.load(out / method / "checkpoint.pt")
+    state = load_state(out / method / "checkpoint.pt")
     return [json.loads(json.dumps(record)) for record in state.history]

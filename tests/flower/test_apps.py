@@ -23,8 +23,7 @@ from glora.errors import AggregationError, ConfigError
 from glora.flower import client_app, server_app
 from glora.flower.run_config import RunOptions
 from glora.flower.strategy import GloraStrategy
-from glora.federation.server import FederatedServer
-from glora.federation import checkpoint
+from glora.federation.server import FederatedServer, load_state
 from glora.sim.experiment import run_experiment
 from glora.federation.prepare import prepare
 from tests.flower.conftest import checkpoint_history, history
@@ -115,8 +114,8 @@ def test_apps_match_simulator(overrides: list[str], tmp_path: Path) -> None:
     flower = history(tmp_path / "flower")
     assert [(r.pop("missing_clients"), r.pop("attempt")) for r in flower] == [([], 1), ([], 1)]
     assert strip_timing(flower) == strip_timing(history(tmp_path / "sim"))
-    a = checkpoint.load(tmp_path / "sim/glora/checkpoint.pt").model
-    b = checkpoint.load(tmp_path / "flower/glora/checkpoint.pt").model
+    a = load_state(tmp_path / "sim/glora/checkpoint.pt").model
+    b = load_state(tmp_path / "flower/glora/checkpoint.pt").model
     assert all(torch.equal(a.total_delta()[k], v) for k, v in b.total_delta().items())
     assert (tmp_path / "flower/summary.md").exists()
 
@@ -185,7 +184,7 @@ def test_state_stays_at_last_complete_round(overrides: list[str], tmp_path: Path
         s.start(grid, timeout=0.3)
     # Assert
     assert s.server.round == 1 and len(history(tmp_path)) == 1
-    assert checkpoint.load(s.checkpoint_path).model.round == 1
+    assert load_state(s.checkpoint_path).model.round == 1
 
 
 def test_nodes_with_unusable_partitions_are_ignored(overrides: list[str], tmp_path: Path) -> None:

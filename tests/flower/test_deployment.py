@@ -20,7 +20,7 @@ import torch
 from glora.cli import main
 from glora.config import load_config
 from glora.flower.launch import LocalFederation, app_folder, run_app
-from glora.federation import checkpoint
+from glora.federation.server import load_state
 from glora.sim.experiment import run_experiment
 from tests.flower.conftest import checkpoint_history, history
 
@@ -91,8 +91,8 @@ def test_deployment_matches_simulator(overrides: list[str], tmp_path: Path) -> N
             assert f[key] == s[key], key
         for key in [k for k in s if k == "train_loss" or k.startswith("global_")]:
             assert f[key] == pytest.approx(s[key], rel=1e-6), key
-    a = checkpoint.load(tmp_path / "sim/glora/checkpoint.pt").model
-    b = checkpoint.load(tmp_path / "flower/glora/checkpoint.pt").model
+    a = load_state(tmp_path / "sim/glora/checkpoint.pt").model
+    b = load_state(tmp_path / "flower/glora/checkpoint.pt").model
     for x, y in ((a.total_delta(), b.total_delta()), (a.head, b.head)):
         assert x.keys() == y.keys()
         for k in x:
@@ -141,7 +141,7 @@ def test_lost_node_is_left_out_and_reported(overrides: list[str], tmp_path: Path
     records = history(out)
     assert [(r["round"], r["clients"], r["missing_clients"]) for r in records] == \
         [(1, [0, 1], [2]), (2, [0, 1], [2])]
-    assert checkpoint.load(out / "glora" / "checkpoint.pt").model.round == 2
+    assert load_state(out / "glora" / "checkpoint.pt").model.round == 2
     assert checkpoint_history(out) == records
     assert "aggregated without clients [2]" in capfd.readouterr().out
     assert not victim.is_running() and watch.alive() == []

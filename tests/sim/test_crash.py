@@ -15,6 +15,7 @@ import torch
 
 from glora.config import save_config
 from glora.federation.checkpoint import PAUSE_ENV
+from glora.federation.server import load_state
 from glora.sim.experiment import run_experiment
 
 # Two kills in checkpoint writes come first: each leaves a round to do, so both happen.
@@ -58,7 +59,7 @@ def lines(path: Path) -> list[dict]:
 
 
 def delta(folder: Path) -> dict[str, torch.Tensor]:
-    return torch.load(folder / "glora/checkpoint.pt", weights_only=False).model.total_delta()
+    return load_state(folder / "glora/checkpoint.pt").model.total_delta()
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_config, tmp_path):
@@ -95,3 +96,4 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_config, tmp_path):
     child.join()
     assert child.exitcode == 0
     assert lines(log) == lines(tmp_path / "straight/glora/metrics.jsonl")
+

@@ -12,7 +12,7 @@ import torch
 from glora.aggregation import get_method, methods
 from glora.errors import ConfigError
 from glora.federation.prepare import prepare
-from glora.federation.server import FederatedServer
+from glora.federation.server import FederatedServer, load_state
 from glora.global_model import LORA_A, LORA_B
 from glora.sim.experiment import run_experiment
 from glora.sim.simulator import Simulation
@@ -37,8 +37,8 @@ def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
     assert len(history(tmp_path / "resumed")) == 1
     run_experiment(interrupted, resume=True, export=False)
     assert strip_timing(history(tmp_path / "resumed")) == strip_timing(history(tmp_path / "straight"))
-    a = torch.load(tmp_path / "straight/glora/checkpoint.pt", weights_only=False).model.total_delta()
-    b = torch.load(tmp_path / "resumed/glora/checkpoint.pt", weights_only=False).model.total_delta()
+    a = load_state(tmp_path / "straight/glora/checkpoint.pt").model.total_delta()
+    b = load_state(tmp_path / "resumed/glora/checkpoint.pt").model.total_delta()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -48,7 +48,7 @@ def test_exported_adapter_gives_the_in_memory_predictions(tiny_config, tiny_mode
     cfg = tiny_config("train.rounds=2")
     run_experiment(cfg)
     prepared = prepare(cfg)
-    state = torch.load(Path(cfg.output_dir) / "glora/checkpoint.pt", weights_only=False)
+    state = load_state(Path(cfg.output_dir) / "glora/checkpoint.pt")
     in_memory = logits(prepared.cache.global_model(state.model.total_delta(), state.model.head),
                        prepared.data.test)
     peft_model = PeftModel.from_pretrained(load_classifier(tiny_model_dir, num_labels=2),

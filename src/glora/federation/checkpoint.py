@@ -7,13 +7,16 @@ one, never a torn file.
 from __future__ import annotations
 
 import os
+import pickle
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from glora.atomic import atomic_file
+from glora.errors import CheckpointError
 
 #: Test hook: seconds to wait between writing a checkpoint and renaming it into place, so a test
 #: can kill a run in the middle of a checkpoint write.
@@ -35,6 +38,18 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         time.sleep(float(os.environ.get(PAUSE_ENV, 0)))
 
 
-def load(path: str | Path) -> Any:
-    """Load a checkpoint written by :func:`save_atomic` (it holds our own dataclasses)."""
-    return torch.load(path, weights_only=False)
+def load(path: str | Path, classes: Iterable[type] = ()) -> Any:
+    """Load a checkpoint written by :func:`save_atomic` with ``torch.load(weights_only=True)``:
+    tensors, containers and the given ``classes`` (our own dataclasses) only, never code.
+
+    Raises:
+        CheckpointError: the file holds anything else, or is not a checkpoint (names it).
+    """
+    try:
+        with torch.serialization.safe_globals(list(classes)):
+            return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a glora checkpoint this version can load safely "
+                              f"({first}); start the run again, or load it with "
+                              "torch.load(weights_only=False) if you trust its origin.") from None

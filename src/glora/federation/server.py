@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from torch import Tensor
 
 from glora import robust, validation
-from glora.aggregation import get_method
+from glora.aggregation import ServerState, get_method
 from glora.config import ExperimentConfig
 from glora.contract import TrainTask
 from glora.errors import AggregationError, InvalidUpdateError
@@ -43,6 +43,19 @@ class RunState:
     local: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # FedSA-LoRA's B and head
     history: list[dict[str, Any]] = field(default_factory=list)
     schema: validation.ReplySchema | None = None  # the shapes valid replies have
+
+
+def state_classes() -> list[type]:
+    """The classes a run's checkpoint holds besides tensors and containers."""
+    def subclasses(cls: type) -> list[type]:
+        return [cls] + [s for c in cls.__subclasses__() for s in subclasses(c)]
+
+    return [RunState, GlobalModel, validation.ReplySchema, *subclasses(ServerState)]
+
+
+def load_state(path: Path) -> RunState:
+    """A :class:`RunState` checkpoint, loaded without running any pickled code."""
+    return checkpoint.load(path, state_classes())
 
 
 class FederatedServer:
@@ -82,7 +95,7 @@ class FederatedServer:
 
     def load(self, path: Path) -> None:
         schema = self.state.schema
-        self.state = checkpoint.load(path)
+        self.state = load_state(path)
         if self.state.schema is None:  # not learnt yet: keep the one this server was given
             self.state.schema = schema
         log.info("%s: resuming after round %d", self.label, self.round)

@@ -11,7 +11,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from glora.atomic import write_atomic
-from glora.config import ExperimentConfig, save_config
+from glora.config import ExperimentConfig
+from glora.federation import output
 from glora.federation.prepare import Prepared, prepare
 from glora.federation.summary import UNTUNED_FILE, summarize, write_summary
 from glora.sim.simulator import Simulation
@@ -22,11 +23,22 @@ UNTUNED = "untuned (zero-shot)"
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, stop_after: int | None = None,
-                   export: bool = True) -> list[dict[str, Any]]:
-    """Run every method of ``cfg``; write results under ``cfg.output_dir``; return summary rows."""
+                   export: bool = True, overwrite: bool = False,
+                   force: bool = False) -> list[dict[str, Any]]:
+    """Run every method of ``cfg``; write results under ``cfg.output_dir``; return summary rows.
+
+    The folder is locked while the run writes it, and claimed first (:func:`output.claim`): a
+    folder holding another run is refused unless ``resume`` (under the same config, or
+    ``force``) or ``overwrite``.
+    """
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    with output.locked(out):
+        output.claim(cfg, resume, overwrite, force)
+        return _run(cfg, out, resume, stop_after, export)
+
+
+def _run(cfg: ExperimentConfig, out: Path, resume: bool, stop_after: int | None,
+         export: bool) -> list[dict[str, Any]]:
     prepared = prepare(cfg)
     rows = [untuned_row(prepared, out)] if cfg.eval.baseline else []
     with ClientExecutor(prepared.model_spec, cfg.workers, cfg.train.device) as executor:
