@@ -295,6 +295,36 @@ def test_server_clips_updates_and_caps_weights():
     assert torch.allclose(guarded.state.model.head["h"], torch.full((2,), 1.25))
 
 
+@pytest.mark.parametrize("break_it, key, reason", [
+    (lambda r: setattr(r, "client_id", 2.0), "2.0", "client: `client_id` must be an integer"),
+    (lambda r: setattr(r, "train_loss", [0.1, 0.2]), 2, "train_loss: must be a finite number"),
+    (lambda r: setattr(r, "train_loss", float("nan")), 2, "train_loss: must be a finite number"),
+    (lambda r: setattr(r, "head", None), 2, "keys: the head is a NoneType"),
+    (lambda r: r.adapter.update({"p" + LORA_B: 1e37 * r.adapter["p" + LORA_B]}), 2,
+     "aggregation: "),  # finite, but s B A overflows float32
+])
+def test_a_broken_reply_is_a_rejection_and_the_round_goes_on_without_it(break_it, key, reason):
+    """Each of these crashed a round before; now the state equals the valid clients' alone."""
+    replies = [result(c, 2) for c in range(3)]
+    for r in replies:
+        r.adapter = {k: v.float() for k, v in r.adapter.items()}
+    break_it(replies[2])
+    srv, clean = server(), server()
+    srv.configure([0, 1, 2])
+    clean.configure([0, 1, 2])
+    record = srv.aggregate(replies)
+    assert record["clients"] == [0, 1] and record["rejected"][key].startswith(reason)
+    clean.aggregate(replies[:2])
+    assert torch.equal(srv.state.model.total_delta()["p"], clean.state.model.total_delta()["p"])
+
+
+def test_decode_failures_the_engine_found_are_recorded_as_rejections():
+    srv = server()
+    srv.configure([0, 1, 2])
+    record = srv.aggregate([result(0, 2), result(1, 2)], rejected={2: "decode: bad array"})
+    assert record["rejected"] == {2: "decode: bad array"} and record["clients"] == [0, 1]
+
+
 # -- configuration -------------------------------------------------------------------------------
 @pytest.mark.parametrize("override, message", [
     ("server.min_clients=0", r"`server.min_clients` must be at least 1"),

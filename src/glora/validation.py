@@ -73,6 +73,29 @@ def update_norm(B: Tensor, A: Tensor, scaling: float) -> float:
     return abs(scaling) * math.sqrt(max(float(((B.mT @ B) * (A @ A.mT)).sum()), 0.0))
 
 
+def client_key(result: Any) -> Any:
+    """How a result's client is named in a round's ``rejected``: its id, or the id's repr where
+    that is not an integer."""
+    cid = getattr(result, "client_id", None)
+    return cid if isinstance(cid, int) and not isinstance(cid, bool) else repr(cid)
+
+
+def result_problem(result: Any) -> str | None:
+    """Why a client's result cannot even be screened (``"<check>: <detail>"``): an id, loss or
+    part of the wrong type; ``None`` when it can."""
+    cid = getattr(result, "client_id", None)
+    if isinstance(cid, bool) or not isinstance(cid, int):
+        return f"client: `client_id` must be an integer, got {cid!r}"
+    loss = getattr(result, "train_loss", None)
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        return f"train_loss: must be a finite number, got {loss!r}"
+    for part in ("adapter", "head"):
+        if not isinstance(getattr(result, part, None), dict):
+            return f"keys: the {part} is a {type(getattr(result, part, None)).__name__}, not a " \
+                   "dict of tensors"
+    return None
+
+
 def unexpected_clients(client_ids: list[int], asked: set[int]) -> dict[int, str]:
     """Reasons for replies from clients not asked this round, or from a client twice (all its
     replies are left out: which one is genuine is unknown)."""

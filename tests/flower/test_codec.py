@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-from glora.training.train import TrainResult, TrainTask
+from glora.contract import TrainResult, TrainTask
 from glora.flower import codec
 
 LAYER = "base_model.model.bert.encoder.layer.0.attention.self.query"
@@ -125,3 +125,20 @@ def test_missing_parts_are_named() -> None:
         codec.decode_result(reply)
     with pytest.raises(codec.CodecError, match="lacks `partition-id`"):
         codec.decode_node(RecordDict({codec.NODE: ConfigRecord()}))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda a: setattr(a, "data", a.data[:-8]), r"bytes for a declared float32 array of shape"),
+    (lambda a: setattr(a, "shape", (1000, 1000)), r"bytes for a declared float32 array of shape"),
+    (lambda a: setattr(a, "stype", "pickle"), r"'pickle' of 'float32'; expected a numpy"),
+    (lambda a: setattr(a, "dtype", "object"), r"expected a numpy.ndarray of one of"),
+    (lambda a: setattr(a, "data", a.data[:10] + b"#" * 10 + a.data[20:]), r"cannot be decoded"),
+    (lambda a: setattr(a, "shape", (2, 3)), r"holds float32 \(3, 2\), declared float32 \(2, 3\)"),
+])
+def test_a_malformed_array_is_a_codec_error_naming_it(corrupt, message) -> None:
+    """Declared type, shape and byte count are checked before an array is decoded, and the
+    decoded array against them; whatever breaks, it is a CodecError naming the array."""
+    reply = codec.encode_result(TrainResult(2, {"w": torch.ones(3, 2)}, {}, 3, 0.5, 1.0))
+    corrupt(reply.array_records["adapter"]["w"])
+    with pytest.raises(codec.CodecError, match=rf"array `adapter/w`: .*({message})"):
+        codec.decode_result(reply)

@@ -124,12 +124,16 @@ class FederatedServer:
                 gradient_checkpointing=self.cfg.train.gradient_checkpointing))
         return tasks
 
-    def aggregate(self, results: list, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def aggregate(self, results: list, extra: dict[str, Any] | None = None,
+                  rejected: dict[Any, str] | None = None) -> dict[str, Any]:
         """Screen the round's results, aggregate the valid ones, evaluate; return the record.
 
         ``results`` answer the tasks of the last :meth:`configure` (``TrainResult``s: client id,
         adapter, head, example count, train loss). Invalid ones are left out with a warning and
-        listed in the record's ``rejected`` (client id -> reason). The record also holds the
+        listed in the record's ``rejected`` (client id -> reason), with ``rejected`` given by the
+        engine (replies it could not even decode); a client whose update the method refuses
+        (say, one that overflows) is rejected too and the round aggregates without it. The
+        record also holds the
         shadow distances of the round (:func:`glora.global_model.shadow`: the update against the
         exact average of the same replies and its best rank-``R`` truncation, ``R`` the largest
         client rank), timed apart from the server's work.
@@ -137,42 +141,37 @@ class FederatedServer:
         Raises:
             AggregationError: fewer than ``server.min_clients`` valid results, or the round was
                 not configured; ``state`` unchanged.
-            InvalidUpdateError: the method rejected the valid results (naming the round, the
-                client id and the layer); ``state`` unchanged.
+            InvalidUpdateError: the method rejected the round as a whole (naming the round and
+                the layer); ``state`` unchanged.
         """
         t, number, srv = self.round, self.round + 1, self.cfg.server
         if self._asked[0] != t:
             raise AggregationError(f"round {number} was not configured: call configure() first.")
-        rejected = validation.unexpected_clients([r.client_id for r in results], self._asked[1])
-        replies = [ClientReply(r.client_id, r.adapter, r.head, r.num_examples,
-                               self.scaling(r.client_id), {"train_loss": r.train_loss})
-                   for r in results if r.client_id not in rejected]
-        schema = self.state.schema or validation.majority_schema(replies)
-        accepted = []
-        for r in replies:
-            reason = "keys: no reply of this round follows one shape" if schema is None else \
-                validation.check_reply(
-                    r, self.ranks[r.client_id], schema, max_norm=srv.max_update_norm,
-                    known_examples=self.examples[r.client_id] if self.examples else None,
-                    max_examples=srv.max_examples)
-            if reason is None:
-                accepted.append(r)
-            else:
-                rejected[r.client_id] = reason
+        rejected = dict(rejected or {})
+        accepted, schema = self._screen(results, rejected)
         for c, reason in rejected.items():
             log.warning("%s: round %d: rejected client %s: %s", self.label, number, c, reason)
-        if len(accepted) < srv.min_clients:
-            raise AggregationError(
-                f"{self.label}: round {number}: {len(accepted)} valid replies of "
-                f"{len(self._asked[1])} clients asked, `server.min_clients` = {srv.min_clients} "
-                f"needed (rejected: {rejected or 'none'}); the state stays at round {t}.")
-        guarded = self._guard(accepted)
         started = time.perf_counter()
-        try:
-            new_model = aggregate_model(self.state.model, guarded, merge=False)
-        except InvalidUpdateError as err:
-            cid = guarded[err.client].client_id if err.client is not None else None
-            raise InvalidUpdateError(f"round {number}: {err.reason}", cid, err.key) from None
+        while True:
+            if len(accepted) < srv.min_clients:
+                raise AggregationError(
+                    f"{self.label}: round {number}: {len(accepted)} valid replies of "
+                    f"{len(self._asked[1])} clients asked, `server.min_clients` = "
+                    f"{srv.min_clients} needed (rejected: {rejected or 'none'}); the state stays "
+                    f"at round {t}.")
+            guarded = self._guard(accepted)
+            try:
+                new_model = aggregate_model(self.state.model, guarded, merge=False)
+                break
+            except InvalidUpdateError as err:  # one client's update the method cannot take
+                if err.client is None:
+                    raise InvalidUpdateError(f"round {number}: {err.reason}", None,
+                                             err.key) from None
+                bad = guarded[err.client].client_id
+                rejected[bad] = f"aggregation: {err}"
+                log.warning("%s: round %d: rejected client %s: %s", self.label, number, bad,
+                            rejected[bad])
+                accepted = [r for r in accepted if r.client_id != bad]
         server_seconds = time.perf_counter() - started
         started = time.perf_counter()
         distances = shadow(new_model, guarded, max(self.ranks))  # analysis, not server work
@@ -203,6 +202,37 @@ class FederatedServer:
             if self.spec.local:
                 record.update(self.personalized())
         return record
+
+    def _screen(self, results: list[Any], rejected: dict[Any, str],
+                ) -> tuple[list[ClientReply], validation.ReplySchema | None]:
+        """The valid replies among ``results`` and the shapes they follow; every other result
+        goes into ``rejected`` (client id, or its repr where it is not one, -> reason)."""
+        srv = self.cfg.server
+        typed = []
+        for r in results:
+            reason = validation.result_problem(r)
+            if reason is None:
+                typed.append(r)
+            else:
+                rejected[validation.client_key(r)] = reason
+        rejected.update(validation.unexpected_clients([r.client_id for r in typed],
+                                                      self._asked[1]))
+        replies = [ClientReply(r.client_id, r.adapter, r.head, r.num_examples,
+                               self.scaling(r.client_id), {"train_loss": float(r.train_loss)})
+                   for r in typed if r.client_id not in rejected]
+        schema = self.state.schema or validation.majority_schema(replies)
+        accepted = []
+        for r in replies:
+            reason = "keys: no reply of this round follows one shape" if schema is None else \
+                validation.check_reply(
+                    r, self.ranks[r.client_id], schema, max_norm=srv.max_update_norm,
+                    known_examples=self.examples[r.client_id] if self.examples else None,
+                    max_examples=srv.max_examples)
+            if reason is None:
+                accepted.append(r)
+            else:
+                rejected[r.client_id] = reason
+        return accepted, schema
 
     def _guard(self, replies: list[ClientReply]) -> list[ClientReply]:
         """The robust safeguards of ``server`` (off by default) applied to valid replies.

@@ -9,8 +9,11 @@ or :class:`~flwr.app.MetricRecord` (up) under Flower's kebab-case keys. An optio
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
@@ -42,9 +45,54 @@ def _arrays(tensors: dict[str, Tensor]) -> ArrayRecord:
     return ArrayRecord({k: v.contiguous() for k, v in tensors.items()})
 
 
+#: Floating dtypes an adapter or head may travel in.
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+def _npy_header_bytes(data: bytes) -> int:
+    """Length of the ``.npy`` header that starts ``data`` (format 1, 2 or 3), read from the
+    header itself; ``-1`` when ``data`` does not start with one."""
+    if data[:6] != b"\x93NUMPY" or len(data) < 12:
+        return -1
+    if data[6] == 1:
+        return 10 + int.from_bytes(data[8:10], "little")
+    return 12 + int.from_bytes(data[8:12], "little")
+
+
 def _tensors(record: RecordDict, key: str) -> dict[str, Tensor] | None:
+    """The tensors of array record ``key``; every array's declared type, shape and byte count
+    is checked before any is decoded, and the decoded array against its declaration.
+
+    Raises:
+        CodecError: naming the array and what is wrong with it.
+    """
     arrays = record.array_records.get(key)
-    return None if arrays is None else dict(arrays.to_torch_state_dict())
+    if arrays is None:
+        return None
+    out = {}
+    for name, array in arrays.items():
+        where = f"array `{key}/{name}`"
+        try:
+            shape = tuple(array.shape)
+            if array.stype != "numpy.ndarray" or array.dtype not in FLOAT_DTYPES:
+                raise CodecError(f"{where}: {array.stype!r} of {array.dtype!r}; expected a "
+                                 f"numpy.ndarray of one of {list(FLOAT_DTYPES)}")
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise CodecError(f"{where}: shape {shape!r} is not a tuple of sizes")
+            payload = math.prod(shape) * np.dtype(array.dtype).itemsize
+            if len(array.data) - _npy_header_bytes(array.data) != payload:
+                raise CodecError(f"{where}: {len(array.data)} bytes for a declared "
+                                 f"{array.dtype} array of shape {shape} ({payload} bytes)")
+            value = array.numpy()
+            if value.shape != shape or str(value.dtype) != array.dtype:
+                raise CodecError(f"{where}: holds {value.dtype} {value.shape}, declared "
+                                 f"{array.dtype} {shape}")
+            out[name] = torch.from_numpy(value.copy())
+        except CodecError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoding failure is this array's fault
+            raise CodecError(f"{where}: cannot be decoded ({type(err).__name__}: {err})") from None
+    return out
 
 
 def _require(record: RecordDict, key: str, kind: str, what: str) -> Any:

@@ -164,7 +164,7 @@ class GloraStrategy(Strategy):
             AggregationError: too few valid replies; the state is unchanged.
         """
         seconds = time.perf_counter() - self._started
-        results = {}
+        results, rejected = {}, {}
         for reply in replies:
             node = self._sent.get(reply.metadata.reply_to_message_id)
             client = self.partitions.get(node) if node is not None else None
@@ -174,17 +174,17 @@ class GloraStrategy(Strategy):
                 continue
             try:
                 result = codec.decode_result(reply.content)
-            except codec.CodecError as err:
-                log(WARNING, "round %d: client %s: %s", server_round, client, err)
+            except Exception as err:  # noqa: BLE001 - a bad reply is a rejection, never a crash
+                rejected[client] = f"decode: {err}"
                 continue
             if result.client_id != client:
-                log(WARNING, "round %d: the node of client %s answered for client %d; ignored.",
+                log(WARNING, "round %d: the node of client %s answered for client %r; ignored.",
                     server_round, client, result.client_id)
                 continue
             results[client] = result
-        missing = sorted(set(self._sampled) - set(results))
+        missing = sorted(set(self._sampled) - set(results) - set(rejected))
         extra = {"train_seconds": seconds, "missing_clients": missing, "attempt": self._attempt}
-        record = self.server.aggregate([results[c] for c in sorted(results)], extra)
+        record = self.server.aggregate([results[c] for c in sorted(results)], extra, rejected)
         left_out = sorted(set(self._sampled) - set(record["clients"]))
         if left_out:
             log(WARNING, "round %d: aggregated without clients %s (missing: %s, rejected: %s)",
