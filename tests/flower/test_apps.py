@@ -159,15 +159,24 @@ def test_round_with_too_few_answers_is_sent_again(overrides: list[str], tmp_path
 
     grid = LoopbackGrid(run_config(overrides, tmp_path), behave=behave)
     clean = strategy(overrides, tmp_path / "clean")
-    clean.start(LoopbackGrid(run_config(overrides, tmp_path / "clean")), timeout=0.3)
+    clean_result = clean.start(LoopbackGrid(run_config(overrides, tmp_path / "clean")),
+                               timeout=0.3)
     # Execute
     s = strategy(overrides, tmp_path)
-    s.start(grid, timeout=0.3)
+    result = s.start(grid, timeout=0.3)
     # Assert: the retry trained the same tasks, so the run equals an undisturbed one
     assert [(r["clients"], r["attempt"]) for r in history(tmp_path)] == [([0, 1, 2], 1),
                                                                          ([0, 1, 2], 2)]
     assert [r["train_loss"] for r in history(tmp_path)] == \
         [r["train_loss"] for r in history(tmp_path / "clean")]
+    # The Result holds the final global model: factors of W - W0 per layer (scaling 1), the head
+    final = {k: torch.from_numpy(v.numpy()) for k, v in result.arrays.items()}
+    assert final.keys() == dict(clean_result.arrays).keys()
+    deltas = s.server.state.model.total_delta()
+    for layer, delta in deltas.items():
+        B, A = final[layer + ".lora_B.weight"], final[layer + ".lora_A.weight"]
+        assert torch.allclose(B @ A, delta, atol=1e-5)
+    assert all(torch.equal(final[k], v) for k, v in s.server.state.model.head.items())
 
 
 def test_state_stays_at_last_complete_round(overrides: list[str], tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ from glora.errors import AggregationError
 from glora.federation import plan, rounds
 from glora.federation.server import FederatedServer
 from glora.flower import codec
+from glora.global_model import LORA_A, LORA_B, GlobalModel
+from glora.training.export import factor_delta
 
 EVAL_PREFIXES = ("global_", "personal_")
 
@@ -39,6 +41,17 @@ def metric_record(record: dict[str, Any], evaluation: bool) -> MetricRecord:
     """The numeric entries of a round record: evaluation metrics, or all the others."""
     return MetricRecord({k: v for k, v in record.items()
                          if k.startswith(EVAL_PREFIXES) == evaluation and _numeric(v)})
+
+
+def global_arrays(model: GlobalModel) -> ArrayRecord:
+    """The global model as arrays under PEFT keys: each layer's total update ``W - W0`` factored
+    at its numerical rank with scaling 1 (``lora_B @ lora_A``, as the exported adapter holds it),
+    and the head."""
+    factors = {}
+    for layer, delta in model.total_delta().items():
+        B, A = factor_delta(delta)
+        factors[layer + LORA_B], factors[layer + LORA_A] = B.contiguous(), A.contiguous()
+    return ArrayRecord({**factors, **{k: v.contiguous() for k, v in model.head.items()}})
 
 
 def _numeric(value: Any) -> bool:
@@ -124,6 +137,7 @@ class GloraStrategy(Strategy):
             result.train_metrics_clientapp[t] = metric_record(record, evaluation=False)
             if any(k.startswith(EVAL_PREFIXES) for k in record):
                 result.evaluate_metrics_serverapp[t] = metric_record(record, evaluation=True)
+        result.arrays = global_arrays(self.server.state.model)
         return result
 
     # -- Strategy hooks ------------------------------------------------------------------------
