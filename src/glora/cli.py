@@ -58,12 +58,15 @@ def _gauge(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from glora.config import load_config
-    from glora.sim.gauge import run_gauge
+    from glora.sim.gauge import report_gauge, run_gauge
 
     cfg = load_config(args.config, args.overrides)
-    inits = [i.strip() for i in args.init.split(",") if i.strip()]
-    run_gauge(cfg, (args.cond_min, args.cond_max), inits, resume=args.resume)
     out = Path(cfg.output_dir) / "gauge"
+    if args.report:
+        report_gauge(out)
+    else:
+        inits = [i.strip() for i in args.init.split(",") if i.strip()]
+        run_gauge(cfg, (args.cond_min, args.cond_max), inits, resume=args.resume)
     print()
     print((out / "gauge.md").read_text())
     print(f"runs, metrics and tables: {out}")
@@ -148,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest condition number of a client's gauge (default 1000)")
     gauge.add_argument("--resume", action="store_true",
                        help="continue from the runs' checkpoints (finished runs are read back)")
+    gauge.add_argument("--report", action="store_true",
+                       help="only rebuild gauge.md from the finished runs' metrics (no training)")
     gauge.add_argument("--init", default="shared,independent",
                        help="comma-separated train.init modes to run (default shared,independent)")
     gauge.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.rounds=3")

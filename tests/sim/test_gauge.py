@@ -193,6 +193,14 @@ def test_gauge_command_writes_a_row_per_method_and_init(tiny_config, tiny_model_
     assert main(["gauge", "--resume", "--cond-min", "100", "--cond-max", "1000", *overrides]) == 0
     assert list(csv.DictReader(open(out / "gauge.csv"))) == rows
     assert (out / "shared" / "glora" / "gauged" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    # --report rebuilds the table from the metrics alone, as from a store committed without
+    # checkpoints
+    for checkpoint in out.glob("*/*/*/checkpoint.pt"):
+        checkpoint.unlink()
+    (out / "gauge.md").unlink()
+    assert main(["gauge", "--report", *overrides]) == 0
+    assert (out / "gauge.md").read_text() == table
+    assert not list(out.glob("*/*/*/checkpoint.pt"))  # nothing trained again
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import zlib
 from pathlib import Path
@@ -27,15 +28,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from glora.aggregation import get_method
+from glora.atomic import write_atomic
 from glora.config import CHOICES, ExperimentConfig, save_config
 from glora.errors import ConfigError
 from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
+from glora.federation.plots import read_history
 from glora.federation.prepare import Prepared, prepare
 from glora.federation.summary import markdown_table, summarize
 from glora.sim.simulator import Simulation
 from glora.sim.workers import ClientExecutor
 
 CHANGE_MAX, CHANGE_MEAN = "gauge_update_change_max", "gauge_update_change_mean"
+OPTIONS_FILE = "gauge.json"
 FLOOR = "gauge_rounding_floor"
 SUFFIX = {"A": LORA_A, "B": LORA_B}
 
@@ -203,7 +207,8 @@ def run_gauge(cfg: ExperimentConfig, cond_range: tuple[float, float] = (1.0, 100
     ``resume``: continue every run from its checkpoint (finished runs are only read back).
 
     Results go to ``<output_dir>/gauge/<init>/<method>/{plain,gauged}/`` (each with its
-    ``metrics.jsonl``), the table to ``<output_dir>/gauge/gauge.md`` and ``gauge.csv``.
+    ``metrics.jsonl``), the table to ``<output_dir>/gauge/gauge.md`` and ``gauge.csv``, the
+    options to ``gauge.json`` (:func:`report_gauge` rebuilds the table from these files alone).
     """
     inits = list(CHOICES["train.init"]) if inits is None else inits
     check_options(cond_range, inits)
@@ -212,7 +217,8 @@ def run_gauge(cfg: ExperimentConfig, cond_range: tuple[float, float] = (1.0, 100
     save_config(cfg, out / "config.yaml")
     prepared = prepare(cfg)
     metric = "global_" + prepared.metrics[0]
-    rows = []
+    write_atomic(out / OPTIONS_FILE, json.dumps({"cond_range": list(cond_range), "inits": inits,
+                                                 "methods": cfg.methods, "metric": metric}))
     bar = tqdm(total=2 * len(inits) * len(cfg.methods) * cfg.train.rounds, unit="round")
     with ClientExecutor(prepared.model_spec, cfg.workers, cfg.train.device) as executor:
         for init in inits:
@@ -227,23 +233,49 @@ def run_gauge(cfg: ExperimentConfig, cond_range: tuple[float, float] = (1.0, 100
                 for name, sim in (("plain", plain), ("gauged", gauged)):
                     bar.set_description(f"{sim.label} {init} {name}")
                     sim.run(resume=resume, progress=lambda record: bar.update())
-                rows.append(_row(plain, gauged, init, [metric, "global_loss"]))
     bar.close()
-    write_gauge_table(rows, out, cond_range, metric)
+    return report_gauge(out)
+
+
+def report_gauge(out: Path) -> list[dict[str, Any]]:
+    """Rebuild ``gauge.md`` and ``gauge.csv`` in a gauge folder (``<output_dir>/gauge``) from its
+    ``gauge.json`` and the runs' ``metrics.jsonl`` (no checkpoint needed); return the rows.
+
+    Raises:
+        ConfigError: the folder is not a finished gauge experiment (names what is missing).
+    """
+    out = Path(out)
+    if not (out / OPTIONS_FILE).is_file():
+        raise ConfigError(f"{out / OPTIONS_FILE} does not exist: is {str(out)!r} the `gauge` "
+                          "folder of a finished `glora gauge` run?")
+    options = json.loads((out / OPTIONS_FILE).read_text())
+    metric = options["metric"]
+    rows = []
+    for init in options["inits"]:
+        for method in options["methods"]:
+            plain, gauged = (read_history(out / init / method / name)
+                             for name in ("plain", "gauged"))
+            if not plain or not gauged:
+                raise ConfigError(f"{out / init / method}: the plain or gauged run has no "
+                                  "`metrics.jsonl`; finish it with `glora gauge --resume`.")
+            rows.append(_row(plain, gauged, init, [metric, "global_loss"]))
+    write_gauge_table(rows, out, tuple(options["cond_range"]), metric)
     return rows
 
 
-def _row(plain: Simulation, gauged: Simulation, init: str, metrics: list[str]) -> dict[str, Any]:
-    """One table row: the largest update change, round 1's, and each final metric both ways
-    (the loss too: it moves where an accuracy does not)."""
-    history = gauged.server.state.history
-    row: dict[str, Any] = {"method": plain.label, "init": init,
-                           "update_change_max": max(h[CHANGE_MAX] for h in history),
-                           "update_change_round1": history[0][CHANGE_MAX],
-                           "rounding_floor": max(h[FLOOR] for h in history)}
+def _row(plain: list[dict[str, Any]], gauged: list[dict[str, Any]], init: str,
+         metrics: list[str]) -> dict[str, Any]:
+    """One table row from the untouched and the gauged run's records: the largest update change,
+    round 1's, and each final metric both ways (the loss too: it moves where an accuracy does
+    not)."""
+    label = plain[-1].get("label", plain[-1]["method"])
+    row: dict[str, Any] = {"method": label, "init": init,
+                           "update_change_max": max(h[CHANGE_MAX] for h in gauged),
+                           "update_change_round1": gauged[0][CHANGE_MAX],
+                           "rounding_floor": max(h[FLOOR] for h in gauged)}
     for metric in dict.fromkeys(metrics):
-        untouched = summarize(plain.label, plain.server.state.history).get(metric)
-        with_gauge = summarize(gauged.label, gauged.server.state.history).get(metric)
+        untouched = summarize(label, plain).get(metric)
+        with_gauge = summarize(label, gauged).get(metric)
         row.update({f"{metric}_untouched": untouched, f"{metric}_gauged": with_gauge,
                     f"{metric}_difference": None if untouched is None or with_gauge is None
                     else with_gauge - untouched})
