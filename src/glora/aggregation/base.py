@@ -251,6 +251,23 @@ def weights(updates: list[ClientUpdate]) -> list[float]:
     return [u.num_examples / total for u in updates]
 
 
+def check_shared_A(updates: list[ClientUpdate], rtol: float, why: str) -> None:
+    """Check that every client's ``A`` is client 0's (a frozen, shared factor), up to ``rtol``
+    times its largest entry (room for dtype round trips).
+
+    Raises:
+        InvalidUpdateError: naming the first client whose ``A`` differs, by how much, and ``why``
+            the method needs it.
+    """
+    A0 = updates[0].A
+    tol = rtol * float(A0.abs().max())
+    for i, u in enumerate(updates[1:], start=1):
+        diff = float((u.A - A0).abs().max())
+        if diff > tol:
+            raise InvalidUpdateError(f"`A` differs from client 0's by up to {diff:.3g} (allowed "
+                                     f"{tol:.3g}); {why}.", i)
+
+
 def average_factors(updates: list[ClientUpdate], w: list[float]) -> tuple[Tensor, Tensor, float]:
     """Weighted factor average ``(B, A, s)`` with ``s = sum w_i s_i``.
 

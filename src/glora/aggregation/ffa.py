@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from glora.errors import ConfigError, InvalidUpdateError
+from glora.errors import ConfigError
 
-from .base import ClientUpdate, FactorState, MethodConfig, average_factors
+from .base import ClientUpdate, FactorState, MethodConfig, average_factors, check_shared_A
 from .registry import MethodSpec, register_method
 
 
@@ -35,14 +35,8 @@ class FFAConfig(MethodConfig):
 
 def aggregate_ffa(updates: list[ClientUpdate], p: list[float], config: FFAConfig) -> FactorState:
     """``B = sum_i p_i (s_i / s) B_i`` with the shared frozen ``A`` (:func:`average_factors`)."""
-    A0 = updates[0].A
-    tol = config.rtol * float(A0.abs().max())
-    for i, u in enumerate(updates[1:], start=1):
-        diff = float((u.A - A0).abs().max())
-        if diff > tol:
-            raise InvalidUpdateError(
-                f"`A` differs from client 0's by up to {diff:.3g} (allowed {tol:.3g}); FFA-LoRA "
-                "needs every client to keep `A` frozen at the same seeded initialization.", i)
+    check_shared_A(updates, config.rtol, "FFA-LoRA needs every client to keep `A` frozen at the "
+                                         "same seeded initialization")
     B, A, s = average_factors(updates, p)
     return FactorState("ffa", B, A, s)
 
