@@ -128,10 +128,11 @@ class GlobalModel:
         return n
 
 
-def upload_bytes(method: str, reply: ClientReply) -> int:
-    """Bytes a client sends: the factors the method uploads and, unless kept local, the head."""
+def upload_bytes(method: str, reply: ClientReply, round_: int = 0) -> int:
+    """Bytes a client sends in ``round_``: the factors the method uploads and the client trained
+    that round, and the head unless kept local."""
     spec = get_method(method)
-    suffixes = tuple(LORA_A if f == "A" else LORA_B for f in spec.uploads)
+    suffixes = tuple(LORA_A if f == "A" else LORA_B for f in spec.uploads_in(round_))
     n = sum(t.numel() * t.element_size() for k, t in reply.adapter.items() if k.endswith(suffixes))
     if "head" not in spec.local:
         n += sum(t.numel() * t.element_size() for t in reply.head.values())

@@ -34,7 +34,7 @@ def clients_for(name: str, ranks=None, **kw) -> list[glora.ClientUpdate]:
     """Valid clients for ``name``: mixed ranks where allowed, a shared ``A`` where frozen."""
     if ranks is None:
         ranks = MIXED_RANKS if spec(name).mixed_ranks else EQUAL_RANKS
-    return make_clients(ranks, shared_A="A" in spec(name).frozen, **kw)
+    return make_clients(ranks, shared_A="A" in spec(name).frozen_in(0), **kw)
 
 
 def outputs(state: ServerState, ups: list[glora.ClientUpdate]) -> dict[str, torch.Tensor]:

@@ -81,8 +81,8 @@ def test_gauge_is_a_pure_function_of_seed_round_client_and_layer():
 def test_a_frozen_factor_is_sent_as_it_was_while_the_client_holds_it_gauged():
     raw = TrainResult(client_id=2, adapter=adapter(4), head={}, num_examples=10, train_loss=0.5,
                       seconds=0.0)
-    task = type("Task", (), {"round": 0})()
-    injector = GaugeInjector(lambda tasks: [raw], seed=0, cond_range=(10, 100), frozen=("A",))
+    task = type("Task", (), {"round": 0, "frozen": ("A",)})()
+    injector = GaugeInjector(lambda tasks: [raw], seed=0, cond_range=(10, 100))
     (sent,) = injector([task])
     (held,) = injector.held
     for layer in LAYERS:

@@ -228,3 +228,24 @@ def test_every_round_records_its_shadow_distances(tiny_config):
     glora_record = records["glora"]
     assert glora_record["shadow_to_exact"] >= glora_record["shadow_best_to_exact"] - 1e-9
     assert all(0 <= r["shadow_seconds"] for r in records.values())
+
+
+def test_rolora_clients_train_b_then_a_and_upload_only_what_they_trained(tiny_config):
+    cfg = tiny_config("methods=[rolora]", "lora.ranks=[2]", "train.rounds=2")
+    server, tasks, results = one_round(cfg, "rolora")
+    assert {t.frozen for t in tasks} == {("A",)}
+    first = server.aggregate(results)
+    prepared = prepare(cfg)
+    second = [dataclasses.replace(t, data=prepared.client_train(t.client_id))
+              for t in server.configure()]
+    assert {t.frozen for t in second} == {("B",)}
+    trained = [train_client(prepared.cache, t) for t in second]
+    for task, result in zip(second, trained):
+        for key, value in result.adapter.items():  # B kept at the server's, A moved
+            assert torch.equal(value, task.adapter[key]) == key.endswith(LORA_B)
+    record = server.aggregate(trained)
+    assert first["bytes_up"] == sum(nbytes(v for k, v in r.adapter.items() if k.endswith(LORA_B))
+                                    + nbytes(r.head.values()) for r in results)
+    assert record["bytes_up"] == sum(nbytes(v for k, v in r.adapter.items() if k.endswith(LORA_A))
+                                     + nbytes(r.head.values()) for r in trained)
+    assert record["shadow_to_exact"] < 1e-6  # the trained factor's average is exact

@@ -5,7 +5,7 @@ from .registry import MethodSpec, aggregate, get_method, methods, register_metho
 
 # Importing a method module registers it.
 from . import (  # noqa: E402,F401  (isort: skip)
-    fedex, fedit, fedsa, fedsvd, ffa, flexlora, flora, glora, hetlora, lorafair)
+    fedex, fedit, fedsa, fedsvd, ffa, flexlora, flora, glora, hetlora, lorafair, rolora)
 
 __all__ = ["ClientUpdate", "FactorState", "LowRankState", "MethodConfig", "MethodSpec",
            "ServerState", "aggregate", "get_method", "methods", "register_method",

@@ -26,6 +26,8 @@ class MethodSpec:
         mixed_ranks: whether clients may have different ranks.
         uploads: which factors a client sends up (``"B"``, ``"A"``), for byte counts.
         frozen: factors the client does not train (FFA-LoRA freezes ``"A"``).
+        alternate: frozen factors by round, in turn (RoLoRA: ``(("A",), ("B",))`` trains ``B``
+            in round 1, ``A`` in round 2, ...); empty: ``frozen`` in every round.
         local: parts that stay on the client (FedSA-LoRA keeps ``"B"`` and ``"head"``).
         paper: where the rule is published.
     """
@@ -36,8 +38,17 @@ class MethodSpec:
     mixed_ranks: bool
     uploads: tuple[str, ...] = ("B", "A")
     frozen: tuple[str, ...] = ()
+    alternate: tuple[tuple[str, ...], ...] = ()
     local: tuple[str, ...] = ()
     paper: str = ""
+
+    def frozen_in(self, round_: int) -> tuple[str, ...]:
+        """The factors clients do not train in ``round_`` (0-based)."""
+        return self.alternate[round_ % len(self.alternate)] if self.alternate else self.frozen
+
+    def uploads_in(self, round_: int) -> tuple[str, ...]:
+        """The factors clients send up in ``round_``: those they upload and trained."""
+        return tuple(f for f in self.uploads if f not in self.frozen_in(round_))
 
     def make_config(self, **options: Any) -> MethodConfig:
         """Build the config, naming unknown options and the allowed ones."""

@@ -87,6 +87,6 @@ def init_seed(cfg: ExperimentConfig, round_: int, client: int, method: str) -> i
     that freezes ``A`` (FFA-LoRA) always gets the shared seed: its exact average needs every
     client to hold the same ``A``.
     """
-    if cfg.train.init == "shared" or "A" in get_method(method).frozen:
+    if cfg.train.init == "shared" or "A" in get_method(method).frozen_in(round_):
         return int(np.random.default_rng([cfg.seed, round_, 17]).integers(2**31))
     return int(np.random.default_rng([cfg.seed, round_, client, 19]).integers(2**31))

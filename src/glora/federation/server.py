@@ -115,7 +115,7 @@ class FederatedServer:
                 client_id=c, round=t, rank=self.ranks[c], seed=plan.train_seed(self.cfg, t, c),
                 init_seed=plan.init_seed(self.cfg, t, c, self.method), init_rank=max(self.ranks),
                 adapter=model.start_adapter(self.ranks[c], self.scaling(c), local),
-                head=model.start_head(local), base=model.base, frozen=self.spec.frozen,
+                head=model.start_head(local), base=model.base, frozen=self.spec.frozen_in(t),
                 data=(), steps=self.cfg.train.local_steps, batch_size=self.cfg.train.batch_size,
                 lr=lr, optimizer=self.cfg.train.optimizer,
                 weight_decay=self.cfg.train.weight_decay, head_lr=head_lr,
@@ -189,7 +189,7 @@ class FederatedServer:
             "method": self.method, "label": self.label, "round": new_model.round,
             "clients": clients, "rejected": rejected,
             "train_loss": sum(r.metrics["train_loss"] for r in accepted) / len(accepted),
-            "bytes_up": sum(upload_bytes(self.method, r) for r in accepted),
+            "bytes_up": sum(upload_bytes(self.method, r, t) for r in accepted),
             "bytes_down": bytes_down, "server_seconds": server_seconds,
             "client_merge_seconds": client_merge_seconds, **distances,
             "shadow_seconds": shadow_seconds, **(extra or {})}
@@ -243,7 +243,7 @@ class FederatedServer:
         srv = self.cfg.server
         if srv.clip_norm is not None:
             replies = robust.clip_updates(replies, srv.clip_norm,
-                                          "B" if "B" in self.spec.uploads else "A")
+                                          "B" if "B" in self.spec.uploads_in(self.round) else "A")
         if srv.max_client_weight is not None:
             replies = robust.cap_weights(replies, srv.max_client_weight)
         return replies

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from glora.aggregation import get_method
 from glora.atomic import write_atomic
 from glora.config import CHOICES, ExperimentConfig, save_config
 from glora.errors import ConfigError
@@ -98,15 +97,15 @@ class GaugeInjector:
     """Callable like the executor it wraps: trains the tasks, returns every result gauged.
 
     Of the last call it keeps the untouched results (``raw``), the gauged factors the clients
-    hold (``held``) and what they send (``gauged``, returned): ``held`` with the factors in
-    ``frozen`` as they were, since the server keeps its own shared copy of a frozen factor
-    (FFA-LoRA's ``A``) and never receives the client's.
+    hold (``held``) and what they send (``gauged``, returned): ``held`` with the factors each
+    task froze as they were, since the server keeps its own shared copy of a frozen factor
+    (FFA-LoRA's ``A``, the factor RoLoRA does not train in a round) and never receives the
+    client's.
     """
 
     def __init__(self, execute: Callable[[list], list], seed: int,
-                 cond_range: tuple[float, float], frozen: tuple[str, ...] = ()) -> None:
+                 cond_range: tuple[float, float]) -> None:
         self.execute, self.seed, self.cond_range = execute, seed, cond_range
-        self.frozen = tuple(SUFFIX[f] for f in frozen)
         self.raw: list = []
         self.held: list = []
         self.gauged: list = []
@@ -117,8 +116,8 @@ class GaugeInjector:
             r.adapter, self.seed, t.round, r.client_id, self.cond_range))
             for t, r in zip(tasks, self.raw)]
         self.gauged = [dataclasses.replace(h, adapter={
-            k: r.adapter[k] if k.endswith(self.frozen) else v for k, v in h.adapter.items()})
-            for r, h in zip(self.raw, self.held)] if self.frozen else self.held
+            k: r.adapter[k] if k.endswith(tuple(SUFFIX[f] for f in t.frozen)) else v
+            for k, v in h.adapter.items()}) for t, r, h in zip(tasks, self.raw, self.held)]
         return self.gauged
 
 
@@ -165,7 +164,7 @@ class GaugedSimulation(Simulation):
 
     def __init__(self, cfg: ExperimentConfig, method: str, prepared: Prepared, out_dir: Path,
                  executor: Callable[[list], list], cond_range: tuple[float, float]) -> None:
-        self.injector = GaugeInjector(executor, cfg.seed, cond_range, get_method(method).frozen)
+        self.injector = GaugeInjector(executor, cfg.seed, cond_range)
         super().__init__(cfg, method, prepared, out_dir, self.injector)
 
     def _round(self) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+"""RoLoRA (Chen et al., "Robust Federated Finetuning of LLMs via Alternating Optimization of
+LoRA", NeurIPS 2025).
+
+Clients train one factor per round and keep the other frozen at the server's copy, alternating
+(the server names the frozen factor in each task). Here ``B`` goes first: with PEFT's init (``B``
+zero, ``A`` the shared seeded init) a round that trained ``A`` first would see zero gradients;
+then ``A`` in round 2, ``B`` in round 3, and so on. With the other factor common to every client, averaging the trained one is exact:
+``s (sum p_i B_i) A = sum p_i s B_i A``. The server checks that one factor is indeed shared, and
+clients upload only the factor they trained. Equal ranks only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from glora.errors import ConfigError, InvalidUpdateError
+
+from .base import ClientUpdate, FactorState, MethodConfig, average_factors
+from .registry import MethodSpec, register_method
+
+
+@dataclass
+class RoLoRAConfig(MethodConfig):
+    """Options of RoLoRA.
+
+    Args:
+        rtol (`float`, defaults to `1e-5`): the frozen factor may differ between clients by at
+            most ``rtol`` times its largest entry (room for dtype round trips).
+    """
+
+    rtol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if not self.rtol >= 0:
+            raise ConfigError(f"`rtol` must be non-negative, got {self.rtol!r}.")
+
+
+def _shared(updates: list[ClientUpdate], name: str, rtol: float) -> bool:
+    first = getattr(updates[0], name)
+    tol = rtol * float(first.abs().max())
+    return all(float((getattr(u, name) - first).abs().max()) <= tol for u in updates[1:])
+
+
+def aggregate_rolora(updates: list[ClientUpdate], p: list[float], config: RoLoRAConfig,
+                     ) -> FactorState:
+    """Average the trained factor against the shared frozen one (both averages: the frozen
+    factor's is itself)."""
+    if not (_shared(updates, "A", config.rtol) or _shared(updates, "B", config.rtol)):
+        raise InvalidUpdateError("neither `A` nor `B` is the same for every client; RoLoRA clients "
+                                 "train one factor per round and keep the other at the server's.")
+    B, A, s = average_factors(updates, p)
+    return FactorState("rolora", B, A, s)
+
+
+register_method(MethodSpec("rolora", RoLoRAConfig, aggregate_rolora, mixed_ranks=False,
+                           alternate=(("A",), ("B",)), paper="https://arxiv.org/abs/2502.01755"))
