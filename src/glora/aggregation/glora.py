@@ -30,11 +30,12 @@ from torch import Tensor
 
 from glora.errors import ConfigError
 
-from . import linalg
+from . import linalg, subspace
 from .base import ClientUpdate, MethodConfig, ServerState
 from .registry import MethodSpec, register_method
 
 CONSENSUS = ("uniform", "energy")
+SOLVERS = ("exact", "randomized")
 #: Default tie tolerance in machine epsilons, by dtype (see ``GLoRAConfig.tie_rtol``).
 DEFAULT_TIE_ULPS = {torch.float64: 1000.0, torch.float32: 100.0}
 
@@ -68,12 +69,28 @@ class GLoRAConfig(MethodConfig):
             not tied: on the benchmark's clients (d=4096, N=100, r=8, R=16) the float32 result
             changed by <= 1.5e-5 under gauges of condition <= 1e3 without a tie-break, whereas
             the square root of eps (3e-4) tied ~790 of them.
+        solver (`str`, defaults to `"exact"`): how ``K``'s top eigenvectors are found:
+            ``"exact"``, the eigenpairs of the Gram matrix of all client directions
+            (``O(d m^2)`` for ``m = sum r_i`` directions); ``"randomized"``, a seeded block
+            subspace iteration on products with ``K`` (``O(d m q)`` each, ``q = R + oversample``,
+            :mod:`glora.aggregation.subspace`), which reports its residual, the eigengap and an
+            error estimate of the update in ``info``.
+        seed (`int`, defaults to `0`): start of the randomized iteration.
+        solver_tol (`float`, defaults to `1e-10`): the randomized iteration stops once every
+            wanted Ritz pair's residual is below ``solver_tol * lambda_1``.
+        max_iter (`int`, defaults to `200`): products with ``K`` at most.
+        oversample (`int`, defaults to `8`): extra directions iterated beyond ``R``.
     """
 
     rank: int | None = None
     consensus: str = "uniform"
     two_sided: bool = False
     tie_rtol: float | None = None
+    solver: str = "exact"
+    seed: int = 0
+    solver_tol: float = 1e-10
+    max_iter: int = 200
+    oversample: int = 8
 
     def __post_init__(self) -> None:
         problems = []
@@ -84,6 +101,14 @@ class GLoRAConfig(MethodConfig):
             problems.append(f"`consensus` must be one of {CONSENSUS}, got {self.consensus!r}.")
         if self.tie_rtol is not None and not self.tie_rtol >= 0:
             problems.append(f"`tie_rtol` must be non-negative, got {self.tie_rtol!r}.")
+        if self.solver not in SOLVERS:
+            problems.append(f"`solver` must be one of {SOLVERS}, got {self.solver!r}.")
+        if not self.solver_tol > 0:
+            problems.append(f"`solver_tol` must be positive, got {self.solver_tol!r}.")
+        for name in ("max_iter", "oversample"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"`{name}` must be a positive integer, got {value!r}.")
         if problems:
             raise ConfigError(problems)
 
@@ -263,51 +288,106 @@ def _top_eigh(G: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,
-                       ) -> tuple[Tensor, dict]:
-    """Top-``rank`` eigenvectors of ``K = sum_i U_i diag(c_i) U_i^T`` via the Gram matrix.
+                       config: GLoRAConfig | None = None) -> tuple[Tensor, dict]:
+    """Top-``rank`` eigenvectors of ``K = sum_i U_i diag(c_i) U_i^T``, never forming ``K``.
 
-    With ``Z = [U_1 diag(sqrt c_1), ...]`` (never stacked whole: built from the clients'
-    coordinates in row slabs), eigenpairs ``(lam, v)`` of ``Z^T Z`` give ``K``'s
-    eigenvectors ``Z v / sqrt(lam)``. Only the top ``rank + EXTRA_EIGENPAIRS`` eigenpairs are
-    computed; where eigenvalues closer than ``tie_rtol * lam_1`` straddle ``rank``, the tied block
-    is ordered by the exact average (:func:`_tie_order`), not by arithmetic noise, and if the
-    block runs past the computed eigenpairs more are computed (the Gram matrix is rebuilt).
+    ``solver="exact"`` (default): with ``Z = [U_1 diag(sqrt c_1), ...]`` (never stacked whole:
+    built from the clients' coordinates in row slabs), eigenpairs ``(lam, v)`` of ``Z^T Z`` give
+    ``K``'s eigenvectors ``Z v / sqrt(lam)``. Only the top ``rank + EXTRA_EIGENPAIRS`` eigenpairs
+    are computed, more if a tied block runs past them (the Gram matrix is rebuilt).
+    ``solver="randomized"``: Ritz pairs of a seeded subspace iteration on ``X -> Z (Z^T X)``
+    (:func:`_randomized`). Either way, where eigenvalues closer than ``tie_rtol * lam_1``
+    straddle ``rank``, the tied block is ordered by the exact average (:func:`_tie_order`), not
+    by arithmetic noise.
 
     Returns ``U_ref`` (``d x R'``, ``R' <= rank``, capped at the numerical rank) and an info dict.
     """
     dtype = spaces[0].factor.dtype
-    m = sum(s.coords.shape[1] for s in spaces)
-    k = min(m, rank + EXTRA_EIGENPAIRS)
-    while True:
-        lam, vec = _top_eigh(_gram(spaces), k)  # descending; k, m x k
-        lam = lam.double().clamp_min(0)
-        threshold = linalg.rtol_for(dtype) * lam[0]
-        # rank of K: exact when it is below k, else only known to be >= k (> rank)
-        numerical_rank = int((lam > threshold).sum())
-        R = min(rank, numerical_rank)
-        tol = tie_rtol * float(lam[0])
-        lo, hi = R, R  # tied block [lo, hi) that straddles R
-        if R < numerical_rank and float(lam[R - 1]) - float(lam[R]) <= tol:
-            while lo > 0 and float(lam[lo - 1]) - float(lam[lo]) <= tol:
-                lo -= 1
-            while hi < numerical_rank and float(lam[hi - 1]) - float(lam[hi]) <= tol:
-                hi += 1
-        if hi < k or k == m or numerical_rank < k:
-            break
-        k = min(m, 2 * k)  # the tied block may continue past the computed eigenpairs
+    if config is not None and config.solver == "randomized":
+        lam, directions, extra = _randomized(spaces, rank, config)
+        R, numerical_rank = _rank(lam, rank, dtype)
+        lo, hi = _tied_block(lam, R, numerical_rank, tie_rtol * float(lam[0]))
+    else:
+        m = sum(s.coords.shape[1] for s in spaces)
+        k = min(m, rank + EXTRA_EIGENPAIRS)
+        while True:
+            lam, vec = _top_eigh(_gram(spaces), k)  # descending; k, m x k
+            lam = lam.double().clamp_min(0)
+            # rank of K: exact when it is below k, else only known to be >= k (> rank)
+            R, numerical_rank = _rank(lam, rank, dtype)
+            lo, hi = _tied_block(lam, R, numerical_rank, tie_rtol * float(lam[0]))
+            if hi < k or k == m or numerical_rank < k:
+                break
+            k = min(m, 2 * k)  # the tied block may continue past the computed eigenpairs
+        top = vec[:, :hi]  # m x hi, eigenvectors of lam[:hi]
+        del vec
+        directions = _combine(spaces, top / lam[:hi].sqrt().to(top.dtype))  # d x hi
+        extra = {"solver": "exact"}
     nxt = float(lam[R]) if R < lam.numel() else 0.0
     gap = (float(lam[R - 1]) - nxt) / float(lam[0])
     info: dict = {"requested_rank": rank, "rank": R, "eigenvalues": lam[: R + 1].tolist(),
-                  "eigengap": gap, "tie_broken": False, "rank_capped": R < rank}
-    top = vec[:, :hi]  # m x hi, eigenvectors of lam[:hi]
-    del vec
-    directions = _combine(spaces, top / lam[:hi].sqrt().to(top.dtype))  # d x hi
+                  "eigengap": gap, "tie_broken": False, "rank_capped": R < rank, **extra}
     if hi > R:
         order = _tie_order(spaces, directions[:, lo:hi], linalg.rtol_for(dtype))
         directions = torch.cat([directions[:, :lo], directions[:, lo:hi] @ order[:, : R - lo]], 1)
         info.update(tie_broken=True, tied=(lo, hi))
     U_ref, r = torch.linalg.qr(directions[:, :R])
     return U_ref * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, 1.0), info
+
+
+def _rank(lam: Tensor, rank: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(R, numerical rank of K)`` from its top eigenvalues (descending)."""
+    numerical_rank = int((lam > linalg.rtol_for(dtype) * lam[0]).sum())
+    return min(rank, numerical_rank), numerical_rank
+
+
+def _tied_block(lam: Tensor, R: int, numerical_rank: int, tol: float) -> tuple[int, int]:
+    """``[lo, hi)``: the eigenvalues within ``tol`` of their neighbours that straddle ``R``
+    (``(R, R)`` when none does)."""
+    lo, hi = R, R
+    if R < numerical_rank and float(lam[R - 1]) - float(lam[R]) <= tol:
+        while lo > 0 and float(lam[lo - 1]) - float(lam[lo]) <= tol:
+            lo -= 1
+        while hi < min(numerical_rank, lam.numel()) and float(lam[hi - 1]) - float(lam[hi]) <= tol:
+            hi += 1
+    return lo, hi
+
+
+def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
+                ) -> tuple[Tensor, Tensor, dict]:
+    """Ritz values and vectors (``d x q``) of ``K`` from a seeded subspace iteration, and what the
+    iteration reports: its products, the largest relative residual of the ``R`` wanted pairs and
+    a Davis-Kahan bound on the sine of the angle between their span and ``K``'s top-``R``
+    eigenspace (``||residuals||_F / gap``, the gap from the Ritz values less the next residual)."""
+    d = spaces[0].factor.shape[0]
+    m = sum(s.coords.shape[1] for s in spaces)
+    block = min(m, d, rank + config.oversample)
+
+    def apply(X: Tensor) -> Tensor:  # K X = sum_i Z_i (Z_i^T X), one client at a time
+        out = torch.zeros_like(X)
+        for s in spaces:
+            Z = s.factor.double() @ s.scaled_coords()
+            out.addmm_(Z, Z.mT @ X)
+        return out
+
+    wanted = min(rank, block)
+    pairs = subspace.top_eigenpairs(apply, d, min(wanted + 1, block), block, config.seed,
+                                    config.solver_tol, config.max_iter)
+    lam = pairs.values.clamp_min(0)
+    lam0 = float(lam[0]) if float(lam[0]) > 0 else 1.0
+    res = pairs.residuals[:wanted]
+    nxt = float(lam[wanted]) + float(pairs.residuals[wanted]) if wanted < block else 0.0
+    gap = float(lam[wanted - 1]) - nxt
+    sine = float(res.norm()) / gap if gap > 0 else float("inf")
+    extra = {"solver": "randomized", "iterations": pairs.iterations,
+             "residual": float(res.max()) / lam0, "subspace_error": min(sine, 1.0)}
+    if extra["residual"] > config.solver_tol:
+        warnings.warn(f"GLoRA's randomized solver stopped after {config.max_iter} products with "
+                      f"a relative residual of {extra['residual']:.2e} (`solver_tol` = "
+                      f"{config.solver_tol:g}): K's eigengap at R ({gap / lam0:.2e} of lambda_1) "
+                      "is too small for it. Raise `max_iter`, or choose a `rank` on a gap "
+                      "(state.info['eigenvalues']).", stacklevel=4)
+    return lam, pairs.vectors.to(spaces[0].factor.dtype), extra
 
 
 def client_spaces(updates: list[ClientUpdate], p: list[float], consensus: str,
@@ -343,11 +423,16 @@ def aggregate_glora(updates: list[ClientUpdate], p: list[float], config: GLoRACo
         return GLoRAState("glora", updates[0].B.new_zeros(d_out, 0),
                           updates[0].B.new_zeros(0, d_in), info=info)
 
-    U_ref, info = consensus_subspace(left, rank, tie_rtol)
+    U_ref, info = consensus_subspace(left, rank, tie_rtol, config)
     core = _project(left, U_ref)  # R x d_in: U_ref^T (sum_i p_i s_i B_i A_i)
+    if "subspace_error" in info:  # ||(P' - P) D|| <= sin(theta) ||D||, ||D|| <= sum_i ||dW_i||
+        norms = sum(s.weight * float(linalg.product_norm(s.factor.double(), s.other.double()))
+                    for s in left)
+        size = float(core.double().norm())
+        info["error_estimate"] = info["subspace_error"] * norms / size if size > 0 else 0.0
     if not config.two_sided:
         return GLoRAState("glora", U_ref, core, info=info)
-    V_ref, info["right"] = consensus_subspace(right, rank, tie_rtol)
+    V_ref, info["right"] = consensus_subspace(right, rank, tie_rtol, config)
     return GLoRAState("glora", U_ref, core @ V_ref, V_ref, info=info)
 
 
