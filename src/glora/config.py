@@ -84,6 +84,13 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward pass (LoRA stays fp32)
     grad_accum_steps: int = 1  # micro-batches a step's batch is split into (same step, less memory)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    # DP-SGD on every client (Opacus): per-example gradients clipped to dp_max_grad_norm, Gaussian
+    # noise of dp_noise_multiplier times that; or dp_epsilon, the ε (at dp_delta) the whole run
+    # may spend on the client of the largest sampling rate, from which the noise is set.
+    dp_noise_multiplier: float | None = None
+    dp_epsilon: float | None = None
+    dp_max_grad_norm: float = 1.0
+    dp_delta: float = 1e-5
 
 
 @dataclass
@@ -138,7 +145,9 @@ class ExperimentConfig:
 #: key ran that way): the sweep compares a stored run's config with this filled in.
 IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.precision": "fp32", "train.grad_accum_steps": 1,
-                  "train.gradient_checkpointing": False}
+                  "train.gradient_checkpointing": False, "train.dp_noise_multiplier": None,
+                  "train.dp_epsilon": None, "train.dp_max_grad_norm": 1.0,
+                  "train.dp_delta": 1e-5}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -214,6 +223,7 @@ def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
         resolve_device(cfg.train.device)
     except ConfigError as err:
         problems.append(str(err))
+    _validate_dp(cfg.train, problems)
     if not 1 <= cfg.train.grad_accum_steps <= max(cfg.train.batch_size, 1):
         problems.append(f"`train.grad_accum_steps` must be between 1 and `train.batch_size` "
                         f"({cfg.train.batch_size}), got {cfg.train.grad_accum_steps}.")
@@ -261,6 +271,26 @@ def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
             problems.append(f"methods {fixed} need equal client ranks but `lora.ranks` is "
                             f"{cfg.lora.ranks}; set `lora.equal_rank=min` (or max) to run them at one "
                             "rank, give one rank, or drop them from `methods`.")
+
+
+def _validate_dp(train: TrainConfig, problems: list[str]) -> None:
+    """The ``train.dp_*`` keys: one way to set the noise, bounds, and what DP-SGD excludes."""
+    if train.dp_noise_multiplier is None and train.dp_epsilon is None:
+        return
+    if train.dp_noise_multiplier is not None and train.dp_epsilon is not None:
+        problems.append("set `train.dp_noise_multiplier` or `train.dp_epsilon`, not both.")
+    if train.dp_noise_multiplier is not None and not 0 <= train.dp_noise_multiplier < math.inf:
+        problems.append(f"`train.dp_noise_multiplier` must be a non-negative number, got "
+                        f"{train.dp_noise_multiplier}.")
+    if train.dp_epsilon is not None and not 0 < train.dp_epsilon < math.inf:
+        problems.append(f"`train.dp_epsilon` must be positive, got {train.dp_epsilon}.")
+    if not 0 < train.dp_max_grad_norm < math.inf:
+        problems.append(f"`train.dp_max_grad_norm` must be positive, got {train.dp_max_grad_norm}.")
+    if not 0 < train.dp_delta < 1:
+        problems.append(f"`train.dp_delta` must be in (0, 1), got {train.dp_delta}.")
+    if train.grad_accum_steps != 1 or train.gradient_checkpointing or train.precision != "fp32":
+        problems.append("DP-SGD (`train.dp_*`) needs `train.precision=fp32`, "
+                        "`train.grad_accum_steps=1` and no gradient checkpointing.")
 
 
 def _validate_server(cfg: ExperimentConfig, problems: list[str]) -> None:

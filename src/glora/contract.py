@@ -46,6 +46,9 @@ class TrainTask:
         grad_accum_steps: micro-batches a step's ``batch_size`` examples are split into (less
             memory, the same step).
         gradient_checkpointing: recompute activations in the backward pass (less memory).
+        dp_noise_multiplier: DP-SGD (:mod:`glora.training.privacy`): Gaussian noise of this many
+            times ``dp_max_grad_norm`` on the sum of per-example gradients clipped to
+            ``dp_max_grad_norm``; ``None``: no DP.
     """
 
     client_id: int
@@ -68,6 +71,8 @@ class TrainTask:
     precision: str = "fp32"
     grad_accum_steps: int = 1
     gradient_checkpointing: bool = False
+    dp_noise_multiplier: float | None = None
+    dp_max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
         problems = [f"`{name}` must be a positive integer, got {value!r}."
@@ -88,6 +93,19 @@ class TrainTask:
         if self.precision not in PRECISIONS:
             problems.append(f"`precision` must be one of {list(PRECISIONS)}, "
                             f"got {self.precision!r}.")
+        if self.dp_noise_multiplier is not None:
+            if not (isinstance(self.dp_noise_multiplier, (int, float))
+                    and 0 <= self.dp_noise_multiplier < math.inf):
+                problems.append("`dp_noise_multiplier` must be a non-negative number, got "
+                                f"{self.dp_noise_multiplier!r}.")
+            if not (isinstance(self.dp_max_grad_norm, (int, float))
+                    and 0 < self.dp_max_grad_norm < math.inf):
+                problems.append("`dp_max_grad_norm` must be a positive number, got "
+                                f"{self.dp_max_grad_norm!r}.")
+            if self.grad_accum_steps != 1 or self.gradient_checkpointing \
+                    or self.precision != "fp32":
+                problems.append("DP-SGD runs in fp32 without gradient accumulation or "
+                                "checkpointing (per-example gradients are taken per step).")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"`optimizer` must be one of {list(OPTIMIZERS)}, "
                             f"got {self.optimizer!r}.")

@@ -14,6 +14,8 @@ import numpy as np
 from glora.aggregation import get_method
 from glora.config import ExperimentConfig, clients_per_round
 from glora.contract import lora_scaling
+from glora.errors import ConfigError
+from glora.training import privacy
 
 
 def client_ranks(cfg: ExperimentConfig) -> list[int]:
@@ -49,6 +51,25 @@ def method_options(cfg: ExperimentConfig, method: str, ranks: list[int]) -> dict
 def client_scaling(cfg: ExperimentConfig, rank: int) -> float:
     """The LoRA scaling of a client of ``rank`` under the run's ``lora`` settings."""
     return lora_scaling(cfg.lora.alpha, rank, cfg.lora.rslora)
+
+
+def dp_noise(cfg: ExperimentConfig, examples: list[int] | None) -> float | None:
+    """The clients' DP-SGD noise multiplier: ``train.dp_noise_multiplier``, or the one with which
+    the client of the largest sampling rate (the fewest examples) spends ``train.dp_epsilon`` at
+    ``train.dp_delta`` over all rounds if it takes part in every one; ``None``: no DP.
+
+    Raises:
+        ConfigError: ``train.dp_epsilon`` without the clients' example counts.
+    """
+    train = cfg.train
+    if train.dp_epsilon is None:
+        return train.dp_noise_multiplier
+    if not examples:
+        raise ConfigError("`train.dp_epsilon` needs the clients' example counts to set the noise; "
+                          "set `train.dp_noise_multiplier` instead.")
+    rate = min(1.0, train.batch_size / min(examples))
+    return privacy.noise_for(train.dp_epsilon, train.dp_delta, rate,
+                             train.rounds * train.local_steps)
 
 
 def round_lr(cfg: ExperimentConfig, round_: int) -> tuple[float, float | None]:

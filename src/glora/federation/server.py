@@ -25,6 +25,8 @@ from glora.errors import AggregationError, InvalidUpdateError
 from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, merge_base,
                                 shadow, split_adapter, upload_bytes)
 
+from glora.training import privacy
+
 from . import checkpoint, plan
 
 log = logging.getLogger("glora.federation.server")
@@ -43,6 +45,8 @@ class RunState:
     local: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # FedSA-LoRA's B and head
     history: list[dict[str, Any]] = field(default_factory=list)
     schema: validation.ReplySchema | None = None  # the shapes valid replies have
+    # DP-SGD account: client -> (noise multiplier, sample rate, steps) of each round it trained
+    privacy: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)
 
 
 def state_classes() -> list[type]:
@@ -78,6 +82,7 @@ class FederatedServer:
         self.spec = get_method(method)
         self.ranks, self.label = plan.method_ranks(cfg, method)
         self.examples = examples
+        self.noise = plan.dp_noise(cfg, examples)
         self.state = RunState(GlobalModel(method, plan.method_options(cfg, method, self.ranks)),
                               schema=schema)
         self._asked: tuple[int, set[int]] = (-1, set())  # (round, clients) of the last configure
@@ -96,6 +101,7 @@ class FederatedServer:
     def load(self, path: Path) -> None:
         schema = self.state.schema
         self.state = load_state(path)
+        vars(self.state).setdefault("privacy", {})  # checkpoints from before DP had none
         if self.state.schema is None:  # not learnt yet: keep the one this server was given
             self.state.schema = schema
         log.info("%s: resuming after round %d", self.label, self.round)
@@ -121,7 +127,8 @@ class FederatedServer:
                 weight_decay=self.cfg.train.weight_decay, head_lr=head_lr,
                 precision=self.cfg.train.precision,
                 grad_accum_steps=self.cfg.train.grad_accum_steps,
-                gradient_checkpointing=self.cfg.train.gradient_checkpointing))
+                gradient_checkpointing=self.cfg.train.gradient_checkpointing,
+                dp_noise_multiplier=self.noise, dp_max_grad_norm=self.cfg.train.dp_max_grad_norm))
         return tasks
 
     def aggregate(self, results: list, extra: dict[str, Any] | None = None,
@@ -193,8 +200,12 @@ class FederatedServer:
             "bytes_down": bytes_down, "server_seconds": server_seconds,
             "client_merge_seconds": client_merge_seconds, **distances,
             "shadow_seconds": shadow_seconds, **(extra or {})}
+        spent = self._account(results) if self.noise is not None else self.state.privacy
+        if self.noise is not None:
+            eps = {c: privacy.epsilon(h, self.cfg.train.dp_delta) for c, h in spent.items()}
+            record.update(dp_epsilon=eps, dp_epsilon_max=max(eps.values()))
         self.state = replace(self.state, model=new_model, local=local, schema=schema,
-                             history=[*self.state.history, record])
+                             history=[*self.state.history, record], privacy=spent)
         if self.evaluator and (new_model.round % self.cfg.eval.every == 0
                                or new_model.round == self.cfg.train.rounds):
             record.update(self.evaluator.evaluate(new_model.total_delta(), new_model.head,
@@ -233,6 +244,20 @@ class FederatedServer:
             else:
                 rejected[r.client_id] = reason
         return accepted, schema
+
+    def _account(self, results: list[Any]) -> dict[int, list[tuple[float, float, int]]]:
+        """The privacy account with this round added for every asked client that replied: it
+        trained, whether or not its reply was used."""
+        spent = {c: list(h) for c, h in self.state.privacy.items()}
+        train = self.cfg.train
+        for r in results:
+            c, n = getattr(r, "client_id", None), getattr(r, "num_examples", None)
+            if isinstance(c, int) and c in self._asked[1] and self.examples:
+                n = self.examples[c]  # what the client holds, not what it claims
+            if isinstance(c, int) and c in self._asked[1] and isinstance(n, int) and n > 0:
+                rate = min(1.0, train.batch_size / n)
+                spent.setdefault(c, []).append((float(self.noise), rate, train.local_steps))
+        return spent
 
     def _guard(self, replies: list[ClientReply]) -> list[ClientReply]:
         """The robust safeguards of ``server`` (off by default) applied to valid replies.

@@ -30,6 +30,8 @@ def summarize(label: str, history: list[dict[str, Any]],
         for k, v in last.items():
             if k.startswith(("global_", "personal_")):
                 row[k] = v
+    if hist and "dp_epsilon_max" in hist[-1]:
+        row["dp_epsilon_max"] = hist[-1]["dp_epsilon_max"]
     if hist:
         row["MB_up_per_round"] = sum(h["bytes_up"] for h in hist) / len(hist) / 1e6
         row["MB_down_per_round"] = sum(h["bytes_down"] for h in hist) / len(hist) / 1e6

@@ -25,9 +25,11 @@ TASK_SCALARS = {"client_id": "client-id", "round": "round", "rank": "rank", "see
                 "init_seed": "init-seed", "steps": "steps", "batch_size": "batch-size",
                 "lr": "lr", "optimizer": "optimizer", "weight_decay": "weight-decay",
                 "precision": "precision", "grad_accum_steps": "grad-accum-steps",
-                "gradient_checkpointing": "gradient-checkpointing"}
+                "gradient_checkpointing": "gradient-checkpointing",
+                "dp_max_grad_norm": "dp-max-grad-norm"}
 #: TrainTask scalar fields that may be ``None`` (then left out of the record).
-TASK_OPTIONAL = {"head_lr": "head-lr", "init_rank": "init-rank"}
+TASK_OPTIONAL = {"head_lr": "head-lr", "init_rank": "init-rank",
+                 "dp_noise_multiplier": "dp-noise-multiplier"}
 #: TrainTask tensor-dict fields (``adapter`` and ``head`` may be ``None``).
 TASK_TENSORS = ("adapter", "head", "base")
 #: TrainResult scalar field -> MetricRecord key (``num-examples`` is Flower's default weight key).

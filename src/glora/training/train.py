@@ -7,6 +7,7 @@ client's data, so classification and causal-LM clients share this loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import zlib
@@ -19,6 +20,7 @@ from glora.contract import TrainResult, TrainTask
 from glora.devices import AUTOCAST_DTYPE
 from glora.global_model import LORA_A, LORA_B
 
+from . import privacy
 from .cache import Adapter, ModelCache, check_tensors, copy_into
 
 
@@ -94,7 +96,8 @@ def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
     whose gradients add up, each weighted by its share of the task's loss weight (examples, or
     answer tokens), so the step equals one pass over the whole batch. ``precision`` runs the
     forward pass under ``torch.autocast`` (fp16 with a gradient scaler); the trained parameters
-    and the optimizer state stay float32.
+    and the optimizer state stay float32. ``dp_noise_multiplier`` trains with DP-SGD
+    (:func:`glora.training.privacy.private`).
     """
     problems = task.data_problems() or cache.task.data_problems(task.data)
     if problems:
@@ -130,8 +133,10 @@ def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
     data = tuple(t.to(device) for t in task.data)
     base = model.get_base_model()
     losses = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(int(dropout_seed))
+    dp = contextlib.nullcontext(opt) if task.dp_noise_multiplier is None else privacy.private(
+        model, opt, task.dp_noise_multiplier, task.dp_max_grad_norm, len(order[0]))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), dp as opt:
+        torch.manual_seed(int(dropout_seed))  # dropout and DP noise draw from here
         model.train()
         if task.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
