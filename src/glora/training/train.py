@@ -87,6 +87,20 @@ def micro_batches(idx: Tensor, k: int) -> list[Tensor]:
     return [part for part in torch.tensor_split(idx, min(k, len(idx))) if len(part)]
 
 
+def _checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off: transformers 5's ``activation_*`` methods
+    where the model has them, the older ``gradient_*`` ones elsewhere."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
     """Train one client's adapter (and head, where the task has one) from the task's start;
     return copies of both, on the CPU.
@@ -139,7 +153,7 @@ def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
         torch.manual_seed(int(dropout_seed))  # dropout and DP noise draw from here
         model.train()
         if task.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _checkpointing(base, True)
         try:
             for idx in order:
                 opt.zero_grad(set_to_none=True)
@@ -158,7 +172,7 @@ def train_client(cache: ModelCache, task: TrainTask) -> TrainResult:
                 losses.append(step_loss)
         finally:
             if task.gradient_checkpointing:
-                base.gradient_checkpointing_disable()
+                _checkpointing(base, False)
             model.eval().requires_grad_(False)
     return TrainResult(
         client_id=task.client_id,
