@@ -202,7 +202,7 @@ class GloraStrategy(Strategy):
         left_out = sorted(set(self._sampled) - set(record["clients"]))
         if left_out:
             log(WARNING, "round %d: aggregated without clients %s (missing: %s, rejected: %s)",
-                server_round, left_out, missing, sorted(record.get("rejected", {})))
+                server_round, left_out, missing, sorted(map(str, record.get("rejected", {}))))
         rounds.persist(self.server, self.out)
         return record
 
