@@ -73,3 +73,12 @@ def test_server_rank_option_and_exactness():
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(ConfigError, match=message):
         glora.aggregate("flexlora", make_clients(), **options)
+
+
+def test_the_randomized_path_gives_the_factored_result():
+    ups = make_clients((2, 4, 3, 4))
+    exact = glora.aggregate("flexlora", ups, rank=4)
+    fast = glora.aggregate("flexlora", ups, rank=4, path="randomized")
+    assert rel(fast.delta(), exact.delta()) < 1e-8 and fast.info["residual"] <= 1e-10
+    again = glora.aggregate("flexlora", ups, rank=4, path="randomized")
+    assert torch.equal(fast.delta(), again.delta())  # deterministic for the seed

@@ -159,6 +159,34 @@ class MethodConfig:
     """Base of every method's config dataclass."""
 
 
+@dataclass
+class RandomizedOptions(MethodConfig):
+    """Options of a randomized top-``R`` solver (:mod:`glora.aggregation.subspace`).
+
+    Args:
+        seed (`int`, defaults to `0`): start of the iteration (results are deterministic for it).
+        solver_tol (`float`, defaults to `1e-10`): stop once every wanted Ritz pair's residual is
+            below ``solver_tol`` times the largest Ritz value.
+        max_iter (`int`, defaults to `200`): products with the operator at most.
+        oversample (`int`, defaults to `8`): directions iterated beyond ``R``.
+    """
+
+    seed: int = 0
+    solver_tol: float = 1e-10
+    max_iter: int = 200
+    oversample: int = 8
+
+    def randomized_problems(self) -> list[str]:
+        problems = []
+        if not self.solver_tol > 0:
+            problems.append(f"`solver_tol` must be positive, got {self.solver_tol!r}.")
+        for name in ("max_iter", "oversample"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"`{name}` must be a positive integer, got {value!r}.")
+        return problems
+
+
 def rank_option_problems(rank: object) -> list[str]:
     """What is wrong with an optional server ``rank`` option (a positive ``int`` or ``None``)."""
     if rank is None or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):

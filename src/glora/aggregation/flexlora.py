@@ -23,23 +23,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from glora.errors import ConfigError
 
-from . import linalg
-from .base import ClientUpdate, LowRankState, MethodConfig, rank_option_problems
+from . import linalg, subspace
+from .base import ClientUpdate, LowRankState, RandomizedOptions, rank_option_problems
 from .registry import MethodSpec, register_method
 
-PATHS = ("factored", "dense")
+PATHS = ("factored", "dense", "randomized")
 
 
 @dataclass
-class FlexLoRAConfig(MethodConfig):
+class FlexLoRAConfig(RandomizedOptions):
     """Options of FlexLoRA.
 
     Args:
-        path (`str`, defaults to `"factored"`): ``"factored"`` (low-rank QR + small SVD) or
-            ``"dense"`` (the published dense SVD; for comparison and benchmarks).
+        path (`str`, defaults to `"factored"`): ``"factored"`` (low-rank QR + small SVD),
+            ``"dense"`` (the published dense SVD; for comparison and benchmarks) or
+            ``"randomized"`` (the top-``R`` left singular vectors by a seeded subspace iteration
+            on ``D D^T`` in factored form, then the exact SVD of ``U^T D``; the same solver as
+            GLoRA's, with the options of :class:`~glora.aggregation.base.RandomizedOptions`).
         rank (`int`, *optional*): server rank ``R``: the state is the best rank-``R``
             approximation of the exact average. Defaults to the largest client rank.
         split (`str`, defaults to `"published"`): how a readout divides the singular values:
@@ -57,7 +61,7 @@ class FlexLoRAConfig(MethodConfig):
             problems.append(f"`path` must be one of {PATHS}, got {self.path!r}.")
         if self.split not in linalg.SPLITS:
             problems.append(f"`split` must be one of {linalg.SPLITS}, got {self.split!r}.")
-        problems += rank_option_problems(self.rank)
+        problems += rank_option_problems(self.rank) + self.randomized_problems()
         if problems:
             raise ConfigError(problems)
 
@@ -69,15 +73,34 @@ def aggregate_flexlora(updates: list[ClientUpdate], p: list[float], config: Flex
     left, right = linalg.stack_factors([u.B.double() for u in updates],
                                        [u.A.double() for u in updates],
                                        [pi * u.scaling for pi, u in zip(p, updates)])
+    rank = config.rank or max(u.rank for u in updates)
+    if config.path == "randomized":
+        return _randomized(left, right, rank, config, dtype)
     if config.path == "dense":
         U, S, Vh = torch.linalg.svd(left @ right, full_matrices=False)
     else:
         U, S, Vh = linalg.lowrank_svd(left, right)
-    R = min(config.rank or max(u.rank for u in updates), S.shape[0])
+    R = min(rank, S.shape[0])
     energy = float((S**2).sum())
     tail = float((S[R:] ** 2).sum()) / energy if energy > 0 else 0.0
     return LowRankState("flexlora", (U[:, :R] * S[:R]).to(dtype), Vh[:R].to(dtype), config.split,
                         info={"rank": R, "relative_truncation_error": tail**0.5})
+
+
+def _randomized(left: Tensor, right: Tensor, rank: int, config: FlexLoRAConfig,
+                dtype: torch.dtype) -> LowRankState:
+    """Top-``rank`` truncation of ``D = left @ right`` from Ritz vectors of ``D D^T``."""
+    d_out, k = left.shape
+    block = min(k, d_out, right.shape[1], rank + config.oversample)
+    R = min(rank, block)
+    pairs = subspace.top_eigenpairs(lambda X: left @ (right @ (right.mT @ (left.mT @ X))), d_out,
+                                    R, block, config.seed, config.solver_tol, config.max_iter)
+    Q = pairs.vectors[:, :R]
+    P, S, Vh = torch.linalg.svd((Q.mT @ left) @ right, full_matrices=False)  # R x d_in
+    top = float(pairs.values[0]) if float(pairs.values[0]) > 0 else 1.0
+    return LowRankState("flexlora", ((Q @ P) * S).to(dtype), Vh.to(dtype), config.split,
+                        info={"rank": R, "iterations": pairs.iterations,
+                              "residual": float(pairs.residuals[:R].max()) / top})
 
 
 register_method(MethodSpec("flexlora", FlexLoRAConfig, aggregate_flexlora, mixed_ranks=True,

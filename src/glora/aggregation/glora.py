@@ -31,7 +31,7 @@ from torch import Tensor
 from glora.errors import ConfigError
 
 from . import linalg, subspace
-from .base import ClientUpdate, MethodConfig, ServerState
+from .base import ClientUpdate, RandomizedOptions, ServerState
 from .registry import MethodSpec, register_method
 
 CONSENSUS = ("uniform", "energy")
@@ -46,7 +46,7 @@ def default_tie_rtol(dtype: torch.dtype) -> float:
 
 
 @dataclass
-class GLoRAConfig(MethodConfig):
+class GLoRAConfig(RandomizedOptions):
     """Options of GLoRA.
 
     Args:
@@ -72,14 +72,10 @@ class GLoRAConfig(MethodConfig):
         solver (`str`, defaults to `"exact"`): how ``K``'s top eigenvectors are found:
             ``"exact"``, the eigenpairs of the Gram matrix of all client directions
             (``O(d m^2)`` for ``m = sum r_i`` directions); ``"randomized"``, a seeded block
-            subspace iteration on products with ``K`` (``O(d m q)`` each, ``q = R + oversample``,
-            :mod:`glora.aggregation.subspace`), which reports its residual, the eigengap and an
-            error estimate of the update in ``info``.
-        seed (`int`, defaults to `0`): start of the randomized iteration.
-        solver_tol (`float`, defaults to `1e-10`): the randomized iteration stops once every
-            wanted Ritz pair's residual is below ``solver_tol * lambda_1``.
-        max_iter (`int`, defaults to `200`): products with ``K`` at most.
-        oversample (`int`, defaults to `8`): extra directions iterated beyond ``R``.
+            subspace iteration on products with ``K`` (``O(d m q)`` each, ``q = R + oversample``;
+            options ``seed``, ``solver_tol``, ``max_iter``, ``oversample`` of
+            :class:`~glora.aggregation.base.RandomizedOptions`), which reports its residual, the
+            eigengap and an error estimate of the update in ``info``.
     """
 
     rank: int | None = None
@@ -87,10 +83,6 @@ class GLoRAConfig(MethodConfig):
     two_sided: bool = False
     tie_rtol: float | None = None
     solver: str = "exact"
-    seed: int = 0
-    solver_tol: float = 1e-10
-    max_iter: int = 200
-    oversample: int = 8
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,12 +95,7 @@ class GLoRAConfig(MethodConfig):
             problems.append(f"`tie_rtol` must be non-negative, got {self.tie_rtol!r}.")
         if self.solver not in SOLVERS:
             problems.append(f"`solver` must be one of {SOLVERS}, got {self.solver!r}.")
-        if not self.solver_tol > 0:
-            problems.append(f"`solver_tol` must be positive, got {self.solver_tol!r}.")
-        for name in ("max_iter", "oversample"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"`{name}` must be a positive integer, got {value!r}.")
+        problems += self.randomized_problems()
         if problems:
             raise ConfigError(problems)
 
