@@ -176,11 +176,14 @@ def method_variants(diagnostics: bool = True) -> list[tuple[str, str, dict[str, 
             out += [("glora uniform", name, {}),
                     ("glora energy", name, {"consensus": "energy"}),
                     ("glora two-sided", name, {"two_sided": True})]
+            if "solver" in fields:
+                out.append(("glora uniform, randomized", name, {"solver": "randomized"}))
             if diagnostics and "tie_rtol" in fields:
                 out.append(("glora uniform, no tie-break (diagnostic)", name, {"tie_rtol": 0.0}))
         elif name == "flexlora" and "path" in fields:
             out += [("flexlora factored", name, {"path": "factored"}),
-                    ("flexlora dense", name, {"path": "dense"})]
+                    ("flexlora dense", name, {"path": "dense"}),
+                    ("flexlora randomized", name, {"path": "randomized"})]
         else:
             out.append((name, name, {}))
     return out
@@ -192,7 +195,7 @@ def method_call(name: str, options: dict[str, Any], updates, frozen, R: int,
     opts = dict(options)
     if name in SERVER_RANK_METHODS and "rank" in _spec_fields(name):
         opts["rank"] = R
-    ups = frozen if "A" in spec.frozen else updates
+    ups = frozen if "A" in spec.frozen_in(0) else updates
     case.options = ", ".join(f"{k}={v}" for k, v in opts.items())
     if ups is frozen:
         case.notes.append("A_i = shared frozen A_0")
