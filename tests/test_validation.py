@@ -21,7 +21,7 @@ from glora.errors import AggregationError, ConfigError, GloraError
 from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
 from glora.robust import cap_weights, capped_shares, clip_updates
 from glora.federation.server import FederatedServer
-from glora.validation import (CHECKS, ReplySchema, check_reply, majority_schema,
+from glora.validation import (CHECKS, ReplySchema, check_reply, client_key, majority_schema,
                               unexpected_clients, update_norm)
 
 FUZZ = settings(max_examples=150, deadline=None,
@@ -342,3 +342,60 @@ def test_decode_failures_the_engine_found_are_recorded_as_rejections():
 def test_bad_server_settings_are_named_with_the_allowed_values(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["data.num_clients=4", override])
+
+
+# -- fuzzing the server: a round with any replies --------------------------------------------------
+#: How a reply is broken -> what it does to a ``result(...)``-like reply.
+BREAKS = {
+    "float_id": lambda r: setattr(r, "client_id", float(r.client_id)),
+    "str_id": lambda r: setattr(r, "client_id", str(r.client_id)),
+    "stranger": lambda r: setattr(r, "client_id", 77),
+    "list_loss": lambda r: setattr(r, "train_loss", [0.1]),
+    "nan_loss": lambda r: setattr(r, "train_loss", float("nan")),
+    "nan": lambda r: r.adapter["p" + LORA_B].view(-1).__setitem__(0, float("nan")),
+    "overflow": lambda r: r.adapter.update({"p" + LORA_B: 1e37 * r.adapter["p" + LORA_B]}),
+    "rank": lambda r: r.adapter.update({"p" + LORA_A: r.adapter["p" + LORA_A][:1]}),
+    "missing": lambda r: r.adapter.pop("p" + LORA_A),
+    "int_factor": lambda r: r.adapter.update({"p" + LORA_B: r.adapter["p" + LORA_B].int()}),
+    "head": lambda r: setattr(r, "head", "not a dict"),
+    "examples": lambda r: setattr(r, "num_examples", -1),
+    "bool_examples": lambda r: setattr(r, "num_examples", True),
+}
+
+
+@FUZZ
+@given(broken=st.lists(st.sampled_from([None, *BREAKS]), min_size=1, max_size=4),
+       method=st.sampled_from(["glora", "flexlora", "fedit"]), min_clients=st.integers(1, 2))
+def test_a_round_with_any_replies_completes_with_the_valid_ones_or_stays_put(broken, method,
+                                                                              min_clients):
+    """Random and adversarial replies to ``FederatedServer.aggregate``: the round either
+    aggregates exactly the valid replies (the state equals a server given those alone, every
+    other reply is in ``rejected``) or raises AggregationError and leaves the state as it was.
+    Never anything else."""
+    n = len(broken)
+    cfg = ["data.num_clients=4", "lora.ranks=[2]", f"methods=[{method}]",
+           f"server.min_clients={min_clients}"]
+    replies = [result(c, 2) for c in range(n)]
+    for r in replies:
+        r.adapter = {k: v.float() for k, v in r.adapter.items()}
+    valid = [r for r, b in zip(replies, broken) if b is None]
+    for r, b in zip(replies, broken):
+        if b is not None:
+            BREAKS[b](r)
+    srv, clean = (FederatedServer(load_config(None, cfg), method, None) for _ in range(2))
+    srv.configure(list(range(n)))
+    before = srv.state
+    if len(valid) < min_clients:
+        with pytest.raises(AggregationError):
+            srv.aggregate(replies)
+        assert srv.state is before
+        event("retried: too few valid replies")
+        return
+    record = srv.aggregate(replies)
+    assert record["clients"] == [r.client_id for r in valid]
+    assert {client_key(r) for r, b in zip(replies, broken) if b} == set(record["rejected"])
+    clean.configure(list(range(n)))
+    clean.aggregate(valid)
+    mine, theirs = srv.state.model.total_delta(), clean.state.model.total_delta()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    event(f"aggregated {len(valid)} of {n}")
