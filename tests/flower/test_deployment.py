@@ -145,3 +145,44 @@ def test_lost_node_is_left_out_and_reported(overrides: list[str], tmp_path: Path
     assert checkpoint_history(out) == records
     assert "aggregated without clients [2]" in capfd.readouterr().out
     assert not victim.is_running() and watch.alive() == []
+
+
+def test_a_killed_server_app_resumes_to_the_uninterrupted_result(overrides: list[str],
+                                                                 tmp_path: Path) -> None:
+    """The ServerApp killed (SIGKILL) once round 1 is checkpointed: the run fails; the same run
+    submitted again with `resume` continues from the checkpoint, rewrites the metrics from it,
+    and ends where the simulator ends on the same config."""
+    # Prepare: the uninterrupted result
+    run_experiment(load_config(None, [*overrides, f"output_dir={tmp_path / 'sim'}"]), export=False)
+    out = tmp_path / "flower"
+    run_config = {"overrides": shlex.join([*overrides, f"output_dir={out}"]), "round-timeout": 50.0}
+    with ProcessWatch() as watch, LocalFederation(tmp_path / "fed", num_nodes=3) as fed:
+
+        def kill_after_round_one() -> None:
+            metrics = out / "glora" / "metrics.jsonl"
+            while not metrics.exists() or not metrics.read_text().strip():
+                time.sleep(0.05)
+            for p, cmd, _ in list(watch.seen.values()):
+                if any(a.endswith("flwr-serverapp") for a in cmd[:2]):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.kill()
+
+        killer = threading.Thread(target=kill_after_round_one, daemon=True)
+        killer.start()
+        # Execute: killed, then resumed
+        _, killed = run_app(app_folder(tmp_path), fed.address, fed.certificates.ca, run_config,
+                            fed.home)
+        killer.join(timeout=5)
+        assert killed != "finished:completed"
+        assert load_state(out / "glora" / "checkpoint.pt").model.round == 1
+        _, status = run_app(app_folder(tmp_path), fed.address, fed.certificates.ca,
+                            {**run_config, "resume": True}, fed.home)
+    # Assert
+    assert status == "finished:completed"
+    sim, fl = history(tmp_path / "sim"), history(out)
+    assert [r["round"] for r in fl] == [1, 2] and checkpoint_history(out) == fl
+    for s, f in zip(sim, fl, strict=True):
+        assert f["clients"] == s["clients"]
+        for key in [k for k in s if k == "train_loss" or k.startswith("global_")]:
+            assert f[key] == pytest.approx(s[key], rel=1e-6), key
+    assert watch.alive() == []
