@@ -219,7 +219,7 @@ def test_majority_schema_outvotes_a_deviant_first_reply():
 def test_capped_shares_sum_to_one_and_stay_below_the_cap(counts, cap):
     shares = capped_shares(counts, cap)
     assert sum(shares) == 1
-    if cap * len(counts) <= 1:
+    if Fraction(cap) * len(counts) <= 1:  # exactly: 0.2 * 5 is 1.0 in floats, above 1 exactly
         assert len(set(shares)) == 1
         return
     assert all(s <= Fraction(cap) for s in shares)
@@ -254,8 +254,10 @@ def result(client: int, rank: int, d: int = 6, n: int = 10, scale: float = 1.0):
 
 
 def server(*overrides: str) -> FederatedServer:
+    """A GLoRA server of 4 clients at rank 2, without the default relative norm bound (tests of
+    other checks must not have their outliers caught by it first)."""
     cfg = load_config(None, ["data.num_clients=4", "lora.ranks=[2]", "methods=[glora]",
-                             *overrides])
+                             "server.max_update_norm=null", *overrides])
     return FederatedServer(cfg, "glora", None)
 
 
@@ -316,6 +318,24 @@ def test_a_broken_reply_is_a_rejection_and_the_round_goes_on_without_it(break_it
     assert record["clients"] == [0, 1] and record["rejected"][key].startswith(reason)
     clean.aggregate(replies[:2])
     assert torch.equal(srv.state.model.total_delta()["p"], clean.state.model.total_delta()["p"])
+
+
+def test_the_default_norm_bound_rejects_an_update_far_above_the_round_s_median():
+    srv = server("server.max_update_norm=auto", "server.norm_factor=10")
+    srv.configure([0, 1, 2, 3])
+    big = result(3, 2, scale=50.0)
+    record = srv.aggregate([result(0, 2), result(1, 2), result(2, 2), big])
+    assert record["clients"] == [0, 1, 2]
+    assert record["rejected"][3].startswith("norm: largest layer ||s B A||_F = ")
+    assert "10 times the round's median" in record["rejected"][3]
+    honest = server("server.max_update_norm=auto")
+    honest.configure([0, 1, 2, 3])
+    assert honest.aggregate([result(c, 2, scale=2.0 if c else 1.0) for c in range(4)])[
+        "rejected"] == {}  # a factor of 2 is no outlier
+    with pytest.raises(ConfigError, match="`server.norm_factor` must be a number above 1"):
+        load_config(None, ["server.norm_factor=1"])
+    with pytest.raises(ConfigError, match="must be a positive number, `auto` or null"):
+        load_config(None, ["server.max_update_norm=always"])
 
 
 def test_decode_failures_the_engine_found_are_recorded_as_rejections():

@@ -114,7 +114,10 @@ class ServerConfig:
 
     min_clients: int = 1  # fewest valid replies a round aggregates; fewer: retry, then stop
     retries: int = 0  # times a round with too few valid replies is run again before stopping
-    max_update_norm: float | None = None  # reject a reply with ||s B A||_F above this in a layer
+    # Reject a reply whose ||s B A||_F exceeds this in a layer: a number, null (no bound), or
+    # `auto`: above `norm_factor` times the median of the round's valid replies (3 or more).
+    max_update_norm: float | str | None = "auto"
+    norm_factor: float = 10.0
     max_examples: int | None = None  # reject a reply claiming more training examples than this
     clip_norm: float | None = None  # scale a reply's update down to ||s B A||_F <= this per layer
     max_client_weight: float | None = None  # cap on one client's share of a round's weight
@@ -147,7 +150,7 @@ IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.precision": "fp32", "train.grad_accum_steps": 1,
                   "train.gradient_checkpointing": False, "train.dp_noise_multiplier": None,
                   "train.dp_epsilon": None, "train.dp_max_grad_norm": 1.0,
-                  "train.dp_delta": 1e-5}
+                  "train.dp_delta": 1e-5, "server.norm_factor": 10.0}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -303,9 +306,14 @@ def _validate_server(cfg: ExperimentConfig, problems: list[str]) -> None:
     if srv.max_examples is not None and srv.max_examples < 1:
         problems.append(f"`server.max_examples` must be a positive integer or null, got "
                         f"{srv.max_examples}.")
+    if srv.max_update_norm != "auto" and isinstance(srv.max_update_norm, str):
+        problems.append(f"`server.max_update_norm` must be a positive number, `auto` or null, "
+                        f"got {srv.max_update_norm!r}.")
+    if not 1 < srv.norm_factor < math.inf:
+        problems.append(f"`server.norm_factor` must be a number above 1, got {srv.norm_factor}.")
     for key in ("max_update_norm", "clip_norm"):
         value = getattr(srv, key)
-        if value is not None and not 0 < value < math.inf:
+        if value is not None and not isinstance(value, str) and not 0 < value < math.inf:
             problems.append(f"`server.{key}` must be a positive number or null, got {value}.")
     share = srv.max_client_weight
     if share is not None and not 0 < share <= 1:

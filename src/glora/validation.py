@@ -11,6 +11,7 @@ the name of the check that failed: ``client``, ``keys``, ``dtype``, ``shape``, `
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,21 @@ def unexpected_clients(client_ids: list[int], asked: set[int]) -> dict[int, str]
         elif counts[c] > 1:
             out[c] = f"client: answered {counts[c]} times"
     return out
+
+
+def norm_outliers(replies: list[ClientReply], schema: ReplySchema | None,
+                  factor: float) -> dict[int, str]:
+    """``server.max_update_norm: auto``: the replies whose largest layer update ``||s B A||_F``
+    exceeds ``factor`` times the median of the round's (at least 3; fewer have no meaningful
+    median), with the reason."""
+    if schema is None or len(replies) < 3:
+        return {}
+    norms = {r.client_id: max(update_norm(r.adapter[p + LORA_B], r.adapter[p + LORA_A], r.scaling)
+                              for p in schema.layers) for r in replies}
+    median = statistics.median(norms.values())
+    return {c: f"norm: largest layer ||s B A||_F = {n:.4g} is above `server.norm_factor` = "
+               f"{factor:g} times the round's median {median:.4g} (`server.max_update_norm: auto`)"
+            for c, n in norms.items() if median > 0 and n > factor * median}
 
 
 def check_reply(reply: ClientReply, rank: int, schema: ReplySchema, *,

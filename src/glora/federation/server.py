@@ -236,13 +236,18 @@ class FederatedServer:
         for r in replies:
             reason = "keys: no reply of this round follows one shape" if schema is None else \
                 validation.check_reply(
-                    r, self.ranks[r.client_id], schema, max_norm=srv.max_update_norm,
+                    r, self.ranks[r.client_id], schema,
+                    max_norm=None if srv.max_update_norm == "auto" else srv.max_update_norm,
                     known_examples=self.examples[r.client_id] if self.examples else None,
                     max_examples=srv.max_examples)
             if reason is None:
                 accepted.append(r)
             else:
                 rejected[r.client_id] = reason
+        if srv.max_update_norm == "auto":
+            outliers = validation.norm_outliers(accepted, schema, srv.norm_factor)
+            rejected.update(outliers)
+            accepted = [r for r in accepted if r.client_id not in outliers]
         return accepted, schema
 
     def _account(self, results: list[Any]) -> dict[int, list[tuple[float, float, int]]]:
