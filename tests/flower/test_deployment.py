@@ -11,6 +11,7 @@ import contextlib
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -68,6 +69,21 @@ class ProcessWatch(threading.Thread):
         return [cmd for p, cmd, _ in self.seen.values() if running(p)]
 
 
+def kill_when(ready: Callable[[], bool], victims: Callable[[], list[psutil.Process]],
+              ) -> threading.Thread:
+    """A started thread that SIGKILLs ``victims()`` once ``ready()`` holds."""
+    def run() -> None:
+        while not ready():
+            time.sleep(0.05)
+        for p in victims():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_deployment_matches_simulator(overrides: list[str], tmp_path: Path) -> None:
     """`glora run --engine flower` computes the simulator's rounds.
 
@@ -121,17 +137,9 @@ def test_lost_node_is_left_out_and_reported(overrides: list[str], tmp_path: Path
                   "round-timeout": 50.0}
     with ProcessWatch() as watch, LocalFederation(tmp_path / "fed", num_nodes=3) as fed:
         victim = psutil.Process(fed.nodes[2].pid)
-
-        def kill_in_round_one() -> None:
-            log = tmp_path / "fed" / "supernode-2.log"
-            while "Receiving: train message" not in log.read_text(errors="replace"):
-                time.sleep(0.1)
-            for p in [victim, *victim.children(recursive=True)]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.kill()
-
-        killer = threading.Thread(target=kill_in_round_one, daemon=True)
-        killer.start()
+        log = tmp_path / "fed" / "supernode-2.log"
+        killer = kill_when(lambda: "Receiving: train message" in log.read_text(errors="replace"),
+                           lambda: [victim, *victim.children(recursive=True)])
         # Execute
         _, status = run_app(app_folder(tmp_path), fed.address, fed.certificates.ca, run_config,
                             fed.home)
@@ -158,17 +166,10 @@ def test_a_killed_server_app_resumes_to_the_uninterrupted_result(overrides: list
     run_config = {"overrides": shlex.join([*overrides, f"output_dir={out}"]), "round-timeout": 50.0}
     with ProcessWatch() as watch, LocalFederation(tmp_path / "fed", num_nodes=3) as fed:
 
-        def kill_after_round_one() -> None:
-            metrics = out / "glora" / "metrics.jsonl"
-            while not metrics.exists() or not metrics.read_text().strip():
-                time.sleep(0.05)
-            for p, cmd, _ in list(watch.seen.values()):
-                if any(a.endswith("flwr-serverapp") for a in cmd[:2]):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        p.kill()
-
-        killer = threading.Thread(target=kill_after_round_one, daemon=True)
-        killer.start()
+        metrics = out / "glora" / "metrics.jsonl"
+        killer = kill_when(lambda: metrics.exists() and bool(metrics.read_text().strip()),
+                           lambda: [p for p, cmd, _ in list(watch.seen.values())
+                                    if any(a.endswith("flwr-serverapp") for a in cmd[:2])])
         # Execute: killed, then resumed
         _, killed = run_app(app_folder(tmp_path), fed.address, fed.certificates.ca, run_config,
                             fed.home)
