@@ -11,7 +11,7 @@ from torch import nn
 
 from glora.contract import TrainTask
 from glora.errors import ConfigError
-from glora.global_model import LORA_A, LORA_B
+from glora.global_model import LORA_B
 from glora.training import privacy
 from glora.training.cache import ModelCache
 from glora.training.train import train_client
