@@ -279,21 +279,32 @@ def weights(updates: list[ClientUpdate]) -> list[float]:
     return [u.num_examples / total for u in updates]
 
 
+def unshared(updates: list[ClientUpdate], factor: str, rtol: float,
+             ) -> tuple[int, float, float] | None:
+    """The first client whose ``factor`` (``"A"`` or ``"B"``) differs from client 0's by more
+    than ``rtol`` times its largest entry (room for dtype round trips), as
+    ``(index, largest difference, allowed)``; ``None`` when every client holds the same one."""
+    first = getattr(updates[0], factor)
+    tol = rtol * float(first.abs().max())
+    for i, u in enumerate(updates[1:], start=1):
+        diff = float((getattr(u, factor) - first).abs().max())
+        if diff > tol:
+            return i, diff, tol
+    return None
+
+
 def check_shared_A(updates: list[ClientUpdate], rtol: float, why: str) -> None:
-    """Check that every client's ``A`` is client 0's (a frozen, shared factor), up to ``rtol``
-    times its largest entry (room for dtype round trips).
+    """Check that every client's ``A`` is client 0's (a frozen, shared factor), up to ``rtol``.
 
     Raises:
         InvalidUpdateError: naming the first client whose ``A`` differs, by how much, and ``why``
             the method needs it.
     """
-    A0 = updates[0].A
-    tol = rtol * float(A0.abs().max())
-    for i, u in enumerate(updates[1:], start=1):
-        diff = float((u.A - A0).abs().max())
-        if diff > tol:
-            raise InvalidUpdateError(f"`A` differs from client 0's by up to {diff:.3g} (allowed "
-                                     f"{tol:.3g}); {why}.", i)
+    found = unshared(updates, "A", rtol)
+    if found is not None:
+        i, diff, tol = found
+        raise InvalidUpdateError(f"`A` differs from client 0's by up to {diff:.3g} (allowed "
+                                 f"{tol:.3g}); {why}.", i)
 
 
 def average_factors(updates: list[ClientUpdate], w: list[float]) -> tuple[Tensor, Tensor, float]:

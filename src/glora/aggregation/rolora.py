@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from glora.errors import ConfigError, InvalidUpdateError
 
-from .base import ClientUpdate, FactorState, MethodConfig, average_factors
+from .base import ClientUpdate, FactorState, MethodConfig, average_factors, unshared
 from .registry import MethodSpec, register_method
 
 
@@ -35,17 +35,11 @@ class RoLoRAConfig(MethodConfig):
             raise ConfigError(f"`rtol` must be non-negative, got {self.rtol!r}.")
 
 
-def _shared(updates: list[ClientUpdate], name: str, rtol: float) -> bool:
-    first = getattr(updates[0], name)
-    tol = rtol * float(first.abs().max())
-    return all(float((getattr(u, name) - first).abs().max()) <= tol for u in updates[1:])
-
-
 def aggregate_rolora(updates: list[ClientUpdate], p: list[float], config: RoLoRAConfig,
                      ) -> FactorState:
     """Average the trained factor against the shared frozen one (both averages: the frozen
     factor's is itself)."""
-    if not (_shared(updates, "A", config.rtol) or _shared(updates, "B", config.rtol)):
+    if unshared(updates, "A", config.rtol) and unshared(updates, "B", config.rtol):
         raise InvalidUpdateError("neither `A` nor `B` is the same for every client; RoLoRA clients "
                                  "train one factor per round and keep the other at the server's.")
     B, A, s = average_factors(updates, p)

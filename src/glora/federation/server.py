@@ -24,7 +24,6 @@ from glora.contract import TrainTask
 from glora.errors import AggregationError, InvalidUpdateError
 from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, merge_base,
                                 shadow, split_adapter, upload_bytes)
-
 from glora.training import privacy
 
 from . import checkpoint, plan
@@ -140,10 +139,9 @@ class FederatedServer:
         listed in the record's ``rejected`` (client id -> reason), with ``rejected`` given by the
         engine (replies it could not even decode); a client whose update the method refuses
         (say, one that overflows) is rejected too and the round aggregates without it. The
-        record also holds the
-        shadow distances of the round (:func:`glora.global_model.shadow`: the update against the
-        exact average of the same replies and its best rank-``R`` truncation, ``R`` the largest
-        client rank), timed apart from the server's work.
+        record also holds the shadow distances of the round (:func:`glora.global_model.shadow`:
+        the update against the exact average of the same replies and its best rank-``R``
+        truncation, ``R`` the largest client rank), timed apart from the server's work.
 
         Raises:
             AggregationError: fewer than ``server.min_clients`` valid results, or the round was
@@ -256,10 +254,12 @@ class FederatedServer:
         spent = {c: list(h) for c, h in self.state.privacy.items()}
         train = self.cfg.train
         for r in results:
-            c, n = getattr(r, "client_id", None), getattr(r, "num_examples", None)
-            if isinstance(c, int) and c in self._asked[1] and self.examples:
-                n = self.examples[c]  # what the client holds, not what it claims
-            if isinstance(c, int) and c in self._asked[1] and isinstance(n, int) and n > 0:
+            c = getattr(r, "client_id", None)
+            if not isinstance(c, int) or c not in self._asked[1]:
+                continue
+            # what the client holds, where known, not what it claims
+            n = self.examples[c] if self.examples else getattr(r, "num_examples", None)
+            if isinstance(n, int) and n > 0:
                 rate = min(1.0, train.batch_size / n)
                 spent.setdefault(c, []).append((float(self.noise), rate, train.local_steps))
         return spent

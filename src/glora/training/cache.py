@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.tuners_utils import check_target_module_exists
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
 from torch import Tensor, nn
 
 from glora.contract import lora_scaling
@@ -25,6 +26,9 @@ from glora.global_model import LORA_A, LORA_B
 from glora.tasks import get_task
 
 PEFT_PREFIX = "base_model.model."
+
+# peft 0.21 still calls a transformers helper that transformers 5 deprecated; nothing to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -39,17 +43,12 @@ def default_targets(model: nn.Module) -> tuple[str, ...]:
     Raises:
         ConfigError: PEFT has no default for it; names the type and its linear layers.
     """
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
-
     kind = getattr(getattr(model, "config", None), "model_type", None)
-    if kind not in known:
+    if kind not in PEFT_TARGETS:
         raise ConfigError(f"PEFT has no default LoRA target modules for model type {kind!r}; set "
                           f"`model.target_modules` to some of its linear layers: "
                           f"{linear_names(model)}.")
-    return tuple(known[kind])
-
-# peft 0.21 still calls a transformers helper that transformers 5 deprecated; nothing to act on.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    return tuple(PEFT_TARGETS[kind])
 
 
 def lora_config(task_type: TaskType, rank: int, alpha: float, target_modules: Sequence[str],
