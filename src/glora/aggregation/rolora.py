@@ -4,8 +4,8 @@ LoRA", NeurIPS 2025).
 Clients train one factor per round and keep the other frozen at the server's copy, alternating
 (the server names the frozen factor in each task). Here ``B`` goes first: with PEFT's init (``B``
 zero, ``A`` the shared seeded init) a round that trained ``A`` first would see zero gradients;
-then ``A`` in round 2, ``B`` in round 3, and so on. With the other factor common to every client, averaging the trained one is exact:
-``s (sum p_i B_i) A = sum p_i s B_i A``. The server checks that one factor is indeed shared, and
+then ``A`` in round 2, ``B`` in round 3, and so on. With the other factor common to every
+client, averaging the trained one is exact: ``s (sum p_i B_i) A = sum p_i s B_i A``. The server checks that one factor is indeed shared, and
 clients upload only the factor they trained. Equal ranks only.
 """
 

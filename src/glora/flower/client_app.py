@@ -3,8 +3,8 @@
 The node's ``partition-id`` (``--node-config "partition-id=0 num-partitions=3"``) is its glora
 client id; an optional ``device`` (``"... device=cuda:1"``) is where it trains (default: the
 run's ``train.device``). The data come from :func:`glora.federation.prepare.prepare` on the run's
-experiment config, cached per process (Flower 1.42's deployment runtime starts a process per message, so the
-cache pays off where processes are reused), and training is
+experiment config, cached per process (Flower 1.42's deployment runtime starts a process per
+message, so the cache pays off where processes are reused), and training is
 :func:`glora.training.train.train_client`, as in the simulator.
 """
 

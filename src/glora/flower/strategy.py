@@ -1,4 +1,5 @@
-"""A Flower strategy that runs a :class:`~glora.federation.server.FederatedServer` on a real federation.
+"""A Flower strategy that runs a :class:`~glora.federation.server.FederatedServer` on a real
+federation.
 
 Every SuperNode serves one data partition (its ``partition-id`` node config), that is one glora
 client. The strategy asks new nodes for their partition with a query message, sends each node the
