@@ -40,9 +40,10 @@ class ProcessWatch(threading.Thread):
         while not self.done.is_set():
             for p in me.children(recursive=True):
                 # read again every time: a child caught between fork and exec still shows its
-                # parent's command line
+                # parent's command line. A zombie's reads empty: keep what it ran.
                 with contextlib.suppress(psutil.Error):
-                    self.seen[p.pid] = (self.seen.get(p.pid, (p,))[0], p.cmdline(), p.ppid())
+                    if cmd := p.cmdline():
+                        self.seen[p.pid] = (self.seen.get(p.pid, (p,))[0], cmd, p.ppid())
             time.sleep(0.1)
 
     def __enter__(self) -> ProcessWatch:
