@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from glora.atomic import write_atomic
 from glora.errors import ConfigError
 
 
@@ -410,5 +411,6 @@ def config_changes(stored: dict[str, Any], cfg: ExperimentConfig,
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config so the run can be repeated with ``glora run --config``."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config so the run can be repeated with ``glora run --config``;
+    atomically, since a run killed while writing it must still resume."""
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
