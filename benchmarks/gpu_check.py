@@ -45,7 +45,7 @@ def main() -> int:
             f"output_dir={out}"])
         prepared = prepare(cfg)
         server = FederatedServer(cfg, "glora", prepared, prepared.reply_schema(),
-                                 [len(p) for p in prepared.parts])
+                                 prepared.examples)
         tasks = [dataclasses.replace(t, data=prepared.client_train(t.client_id))
                  for t in server.configure()]
         train_client(prepared.cache, dataclasses.replace(tasks[0], steps=1))  # warm-up

@@ -32,6 +32,9 @@ class DataConfig:
     min_client_size: int = 16
     max_length: int = 40  # tokens per example (a Rotten Tomatoes sentence averages ~28)
     max_test_examples: int | None = 500  # cap on the held-out set used for evaluation
+    # Classes of a classification task (null: counted from the training labels). A Flower server
+    # holds no data and needs it; a node whose data lack the last classes needs it too.
+    num_labels: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # loader options (natural_instructions)
 
 
@@ -101,6 +104,12 @@ class EvalConfig:
     every: int = 2  # rounds between evaluations (the last round is always evaluated)
     batch_size: int = 128
     baseline: bool = False  # also score the untuned pretrained model once (the table's first row)
+    # Federated evaluation: each client scores the global model on its own test split, and the
+    # `federated_*` metrics are their means weighted by test examples (always on with Flower).
+    federated: bool = False
+    # Flower: a held-out set on the server's machine (what `data.dataset` can name) on which the
+    # server also scores the global model (`global_*`); null: only the nodes evaluate.
+    server_data: str | None = None
 
 
 @dataclass
@@ -151,7 +160,8 @@ IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.precision": "fp32", "train.grad_accum_steps": 1,
                   "train.gradient_checkpointing": False, "train.dp_noise_multiplier": None,
                   "train.dp_epsilon": None, "train.dp_max_grad_norm": 1.0,
-                  "train.dp_delta": 1e-5, "server.norm_factor": 10.0}
+                  "train.dp_delta": 1e-5, "server.norm_factor": 10.0,
+                  "data.num_labels": None, "eval.federated": False, "eval.server_data": None}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -254,7 +264,8 @@ def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
     positive = {"data.num_clients": cfg.data.num_clients, "data.max_length": cfg.data.max_length,
                 "train.rounds": cfg.train.rounds, "train.local_steps": cfg.train.local_steps,
                 "train.batch_size": cfg.train.batch_size, "workers": cfg.workers,
-                "eval.every": cfg.eval.every, "eval.batch_size": cfg.eval.batch_size}
+                "eval.every": cfg.eval.every, "eval.batch_size": cfg.eval.batch_size,
+                **({} if cfg.data.num_labels is None else {"data.num_labels": cfg.data.num_labels})}
     for path, value in positive.items():
         if value < 1:
             problems.append(f"`{path}` must be at least 1, got {value}.")

@@ -7,121 +7,81 @@ SuperLink / SuperNode processes).
 from __future__ import annotations
 
 import math
-import shlex
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from glora.config import load_config
 from glora.errors import AggregationError, ConfigError
-from glora.flower import client_app, server_app
+from glora.flower import server_app
 from glora.flower.run_config import RunOptions
-from glora.flower.strategy import GloraStrategy
-from glora.federation.server import FederatedServer, load_state
+from glora.federation.server import load_state
 from glora.sim.experiment import run_experiment
-from glora.federation.prepare import prepare
-from tests.flower.conftest import checkpoint_history, history
-
-#: ``behave(node partition, round or None for queries, message) -> reply or None (no answer)``.
-Behaviour = Callable[[int, int | None, Message], Message | None]
+from tests.flower.conftest import Fed, checkpoint_history, history, strategy
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a ServerApp process knows about itself (messages are stamped with it)."""
-    for attribute, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, attribute, value)
+def split_records(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Each record's federated-evaluation metrics apart from the rest (timings and the server's
+    own evaluation dropped)."""
+    rest = [{k: v for k, v in r.items() if not k.endswith("seconds")
+             and not k.startswith(("global_", "personal_", "federated_"))} for r in records]
+    return rest, [{k: v for k, v in r.items() if k.startswith("federated_")} for r in records]
 
 
-class LoopbackGrid(Grid):
-    """Nodes ``100 + i`` serve partition ``partitions[i]``; the glora ClientApp answers each
-    pushed message at once unless ``behave`` says otherwise."""
-
-    def __init__(self, run_config: dict[str, Any], partitions: Iterable[int] = (0, 1, 2),
-                 behave: Behaviour | None = None) -> None:
-        self.contexts = {100 + i: Context(1, 100 + i, {"partition-id": p, "num-partitions": 3},
-                                          RecordDict(), run_config)
-                         for i, p in enumerate(partitions)}
-        self.behave = behave
-        self.replies: dict[str, Message] = {}
-
-    def answer(self, message: Message) -> Message:
-        return client_app.app(message, self.contexts[message.metadata.dst_node_id])
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = m.object_id  # as the real Grid does
-            context = self.contexts[m.metadata.dst_node_id]
-            t = int(m.metadata.group_id) if m.metadata.group_id else None
-            reply = self.behave(context.node_config["partition-id"], t, m) if self.behave \
-                else self.answer(m)
-            if reply is not None:
-                self.replies[m.metadata.message_id] = reply
-            ids.append(m.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self.replies.pop(i) for i in message_ids if i in self.replies]
-
-    def set_run(self, run: Any) -> None:
-        raise NotImplementedError
-
-    @property
-    def run(self) -> Any:
-        raise NotImplementedError
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        raise NotImplementedError
-
-    def send_and_receive(self, *args: Any, **kwargs: Any) -> list[Message]:
-        raise NotImplementedError
-
-
-def run_config(overrides: list[str], out: Path, **options: Any) -> dict[str, Any]:
-    return {"config": "", "overrides": shlex.join([*overrides, f"output_dir={out}"]),
-            "resume": False, "round-timeout": 0.3, **options}
-
-
-def strategy(overrides: list[str], out: Path) -> GloraStrategy:
-    cfg = load_config(None, [*overrides, f"output_dir={out}"])
-    prepared = prepare(cfg)
-    server = FederatedServer(cfg, "glora", prepared, prepared.reply_schema(),
-                             [len(p) for p in prepared.parts])
-    return GloraStrategy(server, out / "glora")
-
-
-def strip_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in records]
-
-
-def test_apps_match_simulator(overrides: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["glora", "fedsa"])
+def test_apps_match_simulator(overrides: list[str], fed: Fed, tmp_path: Path,
+                              method: str) -> None:
+    """The apps compute the simulator's rounds from node files, and the nodes' federated
+    evaluation (for FedSA-LoRA also of each node's own model) equals the simulator's
+    `eval.federated` on the same partitions."""
     # Prepare
-    run_experiment(load_config(None, [*overrides, f"output_dir={tmp_path / 'sim'}"]), export=False)
-    config = run_config(overrides, tmp_path / "flower")
+    run = [*overrides, f"methods=[{method}]"]
+    run_experiment(load_config(None, [*run, "eval.federated=true",
+                                      f"output_dir={tmp_path / 'sim'}"]), export=False)
+    grid = fed(tmp_path / "flower", extra=[f"methods=[{method}]"])
     # Execute
-    server_app.app(LoopbackGrid(config), Context(1, 0, {}, RecordDict(), config))
-    # Assert: the same records (timings aside) and bit-identical states
-    flower = history(tmp_path / "flower")
+    server_app.app(grid, Context(1, 0, {}, RecordDict(), grid.run_config))
+    # Assert: the same records (timings aside), bit-identical states
+    flower = history(tmp_path / "flower", method)
     assert [(r.pop("missing_clients"), r.pop("attempt")) for r in flower] == [([], 1), ([], 1)]
-    assert strip_timing(flower) == strip_timing(history(tmp_path / "sim"))
-    a = load_state(tmp_path / "sim/glora/checkpoint.pt").model
-    b = load_state(tmp_path / "flower/glora/checkpoint.pt").model
+    (rest, evaluation), (sim_rest, sim_evaluation) = (split_records(flower),
+                                                      split_records(history(tmp_path / "sim",
+                                                                            method)))
+    assert rest == sim_rest
+    a = load_state(tmp_path / "sim" / method / "checkpoint.pt").model
+    b = load_state(tmp_path / "flower" / method / "checkpoint.pt").model
     assert all(torch.equal(a.total_delta()[k], v) for k, v in b.total_delta().items())
     assert (tmp_path / "flower/summary.md").exists()
+    # Assert: evaluated after round 2 (eval.every=2) by the three nodes on their 30 sentences;
+    # the nodes get the update as SVD factors, so metrics agree to float precision
+    assert [bool(e) for e in evaluation] == [False, True] == [bool(e) for e in sim_evaluation]
+    assert evaluation[1].pop("federated_clients") == 3
+    assert evaluation[1]["federated_examples"] == sim_evaluation[1]["federated_examples"] == 30
+    assert evaluation[1] == pytest.approx(sim_evaluation[1], rel=1e-5)
+    assert ("federated_personal_accuracy" in evaluation[1]) == (method == "fedsa")
+
+
+def test_a_server_with_a_held_out_set_scores_the_global_model_too(overrides: list[str], fed: Fed,
+                                                                  tmp_path: Path) -> None:
+    """`eval.server_data` on the server's machine: the ServerApp scores the global model on it,
+    as the simulator scores it on the same file (`global_*`), besides the nodes' evaluation."""
+    # Prepare
+    test_file = next(o for o in overrides if o.startswith("data.test_file=")).split("=", 1)[1]
+    run_experiment(load_config(None, [*overrides, f"output_dir={tmp_path / 'sim'}"]), export=False)
+    grid = fed(tmp_path / "flower", extra=[f"eval.server_data={test_file}"])
+    # Execute
+    server_app.app(grid, Context(1, 0, {}, RecordDict(), grid.run_config))
+    # Assert
+    final, sim = history(tmp_path / "flower")[-1], history(tmp_path / "sim")[-1]
+    held_out = {k: v for k, v in sim.items() if k.startswith("global_")}
+    assert held_out and {k: final[k] for k in held_out} == held_out
+    assert final["federated_clients"] == 3
 
 
 @pytest.mark.parametrize("failure", ["error", "silent", "nan"])
-def test_failed_client_is_left_out_and_reported(overrides: list[str], tmp_path: Path,
+def test_failed_client_is_left_out_and_reported(overrides: list[str], fed: Fed, tmp_path: Path,
                                                 failure: str) -> None:
     # Prepare: client 2 fails in round 1 (an error reply, no reply, or a NaN adapter)
     def behave(client: int, t: int | None, m: Message) -> Message | None:
@@ -136,7 +96,7 @@ def test_failed_client_is_left_out_and_reported(overrides: list[str], tmp_path: 
             return reply
         return None
 
-    grid = LoopbackGrid(run_config(overrides, tmp_path), behave=behave)
+    grid = fed(tmp_path, behave=behave)
     s = strategy(overrides, tmp_path)
     # Execute
     s.start(grid, timeout=0.3)
@@ -148,7 +108,8 @@ def test_failed_client_is_left_out_and_reported(overrides: list[str], tmp_path: 
     assert checkpoint_history(tmp_path) == records
 
 
-def test_round_with_too_few_answers_is_sent_again(overrides: list[str], tmp_path: Path) -> None:
+def test_round_with_too_few_answers_is_sent_again(overrides: list[str], fed: Fed,
+                                                  tmp_path: Path) -> None:
     # Prepare: only client 0 answers the first attempt of round 2 (2 valid replies needed)
     sent: list[tuple[int | None, int]] = []
 
@@ -157,10 +118,9 @@ def test_round_with_too_few_answers_is_sent_again(overrides: list[str], tmp_path
         first_try = t == 2 and sent.count((2, client)) == 1
         return None if first_try and client != 0 else grid.answer(m)
 
-    grid = LoopbackGrid(run_config(overrides, tmp_path), behave=behave)
+    grid = fed(tmp_path, behave=behave)
     clean = strategy(overrides, tmp_path / "clean")
-    clean_result = clean.start(LoopbackGrid(run_config(overrides, tmp_path / "clean")),
-                               timeout=0.3)
+    clean_result = clean.start(fed(tmp_path / "clean"), timeout=0.3)
     # Execute
     s = strategy(overrides, tmp_path)
     result = s.start(grid, timeout=0.3)
@@ -179,12 +139,34 @@ def test_round_with_too_few_answers_is_sent_again(overrides: list[str], tmp_path
     assert all(torch.equal(final[k], v) for k, v in s.server.state.model.head.items())
 
 
-def test_state_stays_at_last_complete_round(overrides: list[str], tmp_path: Path) -> None:
+def test_a_reply_claiming_more_examples_than_its_node_declared_is_rejected(
+        overrides: list[str], fed: Fed, tmp_path: Path) -> None:
+    """The server holds no data: each node declares its example count once, at the query, and
+    that caps what its replies may claim (the aggregation weight)."""
+    # Prepare: client 1 claims 10,000 examples in round 1
+    def behave(client: int, t: int | None, m: Message) -> Message | None:
+        reply = grid.answer(m)
+        if client == 1 and t == 1:
+            reply.content["result"]["num-examples"] = 10_000
+        return reply
+
+    grid = fed(tmp_path, behave=behave)
+    s = strategy(overrides, tmp_path)
+    # Execute
+    s.start(grid, timeout=0.3)
+    # Assert: the counts came from the nodes' files (72 sentences, 3 iid parts)
+    assert s.server.examples == {0: 24, 1: 24, 2: 24}
+    first, second = history(tmp_path)
+    assert first["clients"] == [0, 2] and "claims 10000" in first["rejected"]["1"]
+    assert second["clients"] == [0, 1, 2] and not second["rejected"]
+
+
+def test_state_stays_at_last_complete_round(overrides: list[str], fed: Fed, tmp_path: Path) -> None:
     # Prepare: nobody answers in round 2
     def behave(client: int, t: int | None, m: Message) -> Message | None:
         return None if t == 2 else grid.answer(m)
 
-    grid = LoopbackGrid(run_config(overrides, tmp_path), behave=behave)
+    grid = fed(tmp_path, behave=behave)
     s = strategy(overrides, tmp_path)
     # Execute
     with pytest.raises(AggregationError, match=r"round 2: 0 valid replies .* Stopped after 2 "
@@ -196,9 +178,10 @@ def test_state_stays_at_last_complete_round(overrides: list[str], tmp_path: Path
     assert load_state(s.checkpoint_path).model.round == 1
 
 
-def test_nodes_with_unusable_partitions_are_ignored(overrides: list[str], tmp_path: Path) -> None:
+def test_nodes_with_unusable_partitions_are_ignored(overrides: list[str], fed: Fed,
+                                                    tmp_path: Path) -> None:
     # Prepare: partition 1 twice, partition 7 of 3
-    grid = LoopbackGrid(run_config(overrides, tmp_path), partitions=(0, 1, 1, 7, 2))
+    grid = fed(tmp_path, partitions=(0, 1, 1, 7, 2))
     s = strategy(overrides, tmp_path)
     # Execute
     s._discover(grid, ask_silent=False)

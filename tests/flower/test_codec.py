@@ -12,6 +12,7 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 
 from glora.contract import TrainResult, TrainTask
 from glora.flower import codec
+from glora.global_model import GlobalModel
 
 LAYER = "base_model.model.bert.encoder.layer.0.attention.self.query"
 HEAD = "base_model.model.classifier.weight"
@@ -99,8 +100,45 @@ def test_result_round_trip() -> None:
 
 
 def test_node_round_trip() -> None:
-    assert codec.decode_node(over_the_wire(codec.encode_node(1, 3))) == (1, 3)
-    assert codec.decode_node(codec.encode_node(0, None)) == (0, None)
+    assert codec.decode_node(over_the_wire(codec.encode_node(1, 3, 24))) == (1, 3, 24)
+    assert codec.decode_node(codec.encode_node(0, None, 0)) == (0, None, 0)
+
+
+@pytest.mark.parametrize("examples", [-1, 2.5, True, "7"])
+def test_a_node_declaring_an_impossible_example_count_is_refused(examples: object) -> None:
+    content = RecordDict({codec.NODE: ConfigRecord({"partition-id": 0, "num-examples": 1})})
+    content[codec.NODE]["num-examples"] = examples
+    with pytest.raises(codec.CodecError, match="`num-examples` must be a non-negative integer"):
+        codec.decode_node(content)
+
+
+def test_the_global_model_reaches_a_node_as_its_update_and_head() -> None:
+    """An evaluate message carries each layer's ``W - W0`` as factors (scaling 1) and the head;
+    the node rebuilds the dense update to float precision."""
+    g = torch.Generator().manual_seed(1)
+    B, A = torch.randn(32, 3, generator=g), torch.randn(3, 32, generator=g)
+    model = GlobalModel("glora", {})
+    model.base = {LAYER: (B @ A).double()}
+    model.head = {HEAD: torch.randn(2, 32, generator=g)}
+    content = RecordDict({codec.MODEL: codec.global_arrays(model)})
+    deltas, head = codec.decode_model(over_the_wire(content))
+    assert deltas.keys() == {LAYER} and torch.allclose(deltas[LAYER].float(), B @ A, atol=1e-5)
+    assert_tensors_equal(head, model.head)
+    broken = RecordDict({codec.MODEL: codec.global_arrays(model)})
+    del broken[codec.MODEL][LAYER + ".lora_A.weight"]
+    with pytest.raises(codec.CodecError, match=f"layer `{LAYER}` needs factors B"):
+        codec.decode_model(broken)
+
+
+def test_scores_round_trip_and_a_bad_score_is_named() -> None:
+    sent = {"accuracy": 0.75, "loss": 0.5}
+    assert codec.decode_scores(over_the_wire(codec.encode_scores(sent, 12))) == (sent, 12)
+    with pytest.raises(codec.CodecError, match=r"metrics \['loss'\] are not finite"):
+        codec.decode_scores(codec.encode_scores({"accuracy": 1.0, "loss": float("nan")}, 3))
+    with pytest.raises(codec.CodecError, match="lacks `num-examples`"):
+        content = codec.encode_scores(sent, 3)
+        del content[codec.SCORES]["num-examples"]
+        codec.decode_scores(content)
 
 
 def test_codec_covers_every_field() -> None:
@@ -123,7 +161,7 @@ def test_missing_parts_are_named() -> None:
     del reply["head"]
     with pytest.raises(codec.CodecError, match=r"lacks result fields \['head'\]"):
         codec.decode_result(reply)
-    with pytest.raises(codec.CodecError, match="lacks `partition-id`"):
+    with pytest.raises(codec.CodecError, match=r"lacks \['partition-id', 'num-examples'\]"):
         codec.decode_node(RecordDict({codec.NODE: ConfigRecord()}))
 
 

@@ -69,3 +69,19 @@ def test_shipped_superni_config_is_valid():
     assert set(cfg.data.options) <= set(LM_OPTIONS)
     assert {"glora", "fedit", "flora", "flexlora"} <= set(cfg.methods)
     assert len(set(cfg.lora.ranks)) > 1
+
+
+def test_a_site_reads_its_own_task_folder_as_one_client(tiny_lm_dir, tiny_tasks_dir, tmp_path):
+    """A Flower node's data: its own Natural Instructions folder, as one client holding every
+    seen task of it; the server's data-free model spec is the one the node builds."""
+    from glora.federation.prepare import prepare_node, prepare_server
+
+    cfg = lm_config(tiny_lm_dir, tiny_tasks_dir, tmp_path, "methods=[fedit]")
+    node = prepare_node(cfg, f"natural_instructions:{tiny_tasks_dir}")
+    assert node.parts == [list(range(4 * 6))] and node.test_size(0) == 4 * 2
+    assert set(node.evaluate({}, {}, "", client=0)) == {"rougeL"}
+    server = prepare_server(cfg)
+    assert server.data is None and (server.model_spec, server.metrics) == \
+        (node.model_spec, node.metrics)
+    with pytest.raises(ConfigError, match="is not data of the run's task 'causal_lm'"):
+        prepare_node(cfg, str(tmp_path / "site.csv"))

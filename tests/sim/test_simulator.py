@@ -169,7 +169,7 @@ def one_round(cfg, method: str):
     """A server of ``method`` on the tiny setting, the round-1 tasks with data, their results."""
     prepared = prepare(cfg)
     server = FederatedServer(cfg, method, prepared, prepared.reply_schema(),
-                             [len(p) for p in prepared.parts])
+                             prepared.examples)
     tasks = [dataclasses.replace(t, data=prepared.client_train(t.client_id))
              for t in server.configure()]
     return server, tasks, [train_client(prepared.cache, t) for t in tasks]

@@ -53,7 +53,7 @@ def client_scaling(cfg: ExperimentConfig, rank: int) -> float:
     return lora_scaling(cfg.lora.alpha, rank, cfg.lora.rslora)
 
 
-def dp_noise(cfg: ExperimentConfig, examples: list[int] | None) -> float | None:
+def dp_noise(cfg: ExperimentConfig, examples: dict[int, int] | None) -> float | None:
     """The clients' DP-SGD noise multiplier: ``train.dp_noise_multiplier``, or the one with which
     the client of the largest sampling rate (the fewest examples) spends ``train.dp_epsilon`` at
     ``train.dp_delta`` over all rounds if it takes part in every one; ``None``: no DP.
@@ -67,7 +67,7 @@ def dp_noise(cfg: ExperimentConfig, examples: list[int] | None) -> float | None:
     if not examples:
         raise ConfigError("`train.dp_epsilon` needs the clients' example counts to set the noise; "
                           "set `train.dp_noise_multiplier` instead.")
-    rate = min(1.0, train.batch_size / min(examples))
+    rate = min(1.0, train.batch_size / min(examples.values()))
     return privacy.noise_for(train.dp_epsilon, train.dp_delta, rate,
                              train.rounds * train.local_steps)
 

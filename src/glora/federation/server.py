@@ -35,6 +35,25 @@ class Evaluator(Protocol):
     def evaluate(self, deltas: dict[str, Tensor], head: dict[str, Tensor], prefix: str,
                  client: int | None = None) -> dict[str, float]: ...
 
+    def test_size(self, client: int) -> int: ...
+
+
+FEDERATED = "federated_"
+
+
+def federated_means(scores: list[tuple[dict[str, float], int]]) -> dict[str, Any]:
+    """Clients' evaluations (metrics, test examples) as means weighted by test examples, with
+    ``federated_examples``: Flower's federated evaluation. Each metric is the mean over the
+    clients that report it (FedSA-LoRA's newcomers have no personal model); clients without
+    examples count for nothing."""
+    scores = [(s, n) for s, n in scores if n > 0]
+    if not scores:
+        return {}
+    keys = sorted({k for s, _ in scores for k in s})
+    means = {k: sum(s[k] * n for s, n in scores if k in s) / sum(n for s, n in scores if k in s)
+             for k in keys}
+    return {**means, FEDERATED + "examples": sum(n for _, n in scores)}
+
 
 @dataclass
 class RunState:
@@ -70,13 +89,13 @@ class FederatedServer:
         evaluator: scores a model given per-layer dense deltas and a head (``None``: no eval).
         schema: the model's layer and head shapes replies are checked against (``None``: the
             shapes most replies of the first round have).
-        examples: each client's number of training examples, where the server knows them: a
-            reply claiming more is rejected.
+        examples: client -> number of training examples, where the server knows them (a Flower
+            server learns them from the nodes): a reply claiming more is rejected.
     """
 
     def __init__(self, cfg: ExperimentConfig, method: str, evaluator: Evaluator | None,
                  schema: validation.ReplySchema | None = None,
-                 examples: list[int] | None = None) -> None:
+                 examples: dict[int, int] | None = None) -> None:
         self.cfg, self.method, self.evaluator = cfg, method, evaluator
         self.spec = get_method(method)
         self.ranks, self.label = plan.method_ranks(cfg, method)
@@ -89,6 +108,11 @@ class FederatedServer:
     @property
     def round(self) -> int:
         return self.state.model.round
+
+    def eval_due(self) -> bool:
+        """Whether the global model is evaluated after the round just aggregated: every
+        ``eval.every`` rounds and after the last."""
+        return self.round % self.cfg.eval.every == 0 or self.round == self.cfg.train.rounds
 
     def scaling(self, client: int) -> float:
         return plan.client_scaling(self.cfg, self.ranks[client])
@@ -204,12 +228,13 @@ class FederatedServer:
             record.update(dp_epsilon=eps, dp_epsilon_max=max(eps.values()))
         self.state = replace(self.state, model=new_model, local=local, schema=schema,
                              history=[*self.state.history, record], privacy=spent)
-        if self.evaluator and (new_model.round % self.cfg.eval.every == 0
-                               or new_model.round == self.cfg.train.rounds):
+        if self.evaluator and self.eval_due():
             record.update(self.evaluator.evaluate(new_model.total_delta(), new_model.head,
                                                   prefix="global_"))
             if self.spec.local:
                 record.update(self.personalized())
+            if self.cfg.eval.federated:
+                record.update(self.federated())
         return record
 
     def _screen(self, results: list[Any], rejected: dict[Any, str],
@@ -236,7 +261,7 @@ class FederatedServer:
                 validation.check_reply(
                     r, self.ranks[r.client_id], schema,
                     max_norm=None if srv.max_update_norm == "auto" else srv.max_update_norm,
-                    known_examples=self.examples[r.client_id] if self.examples else None,
+                    known_examples=(self.examples or {}).get(r.client_id),
                     max_examples=srv.max_examples)
             if reason is None:
                 accepted.append(r)
@@ -258,7 +283,7 @@ class FederatedServer:
             if not isinstance(c, int) or c not in self._asked[1]:
                 continue
             # what the client holds, where known, not what it claims
-            n = self.examples[c] if self.examples else getattr(r, "num_examples", None)
+            n = (self.examples or {}).get(c, getattr(r, "num_examples", None))
             if isinstance(n, int) and n > 0:
                 rate = min(1.0, train.batch_size / n)
                 spent.setdefault(c, []).append((float(self.noise), rate, train.local_steps))
@@ -291,16 +316,34 @@ class FederatedServer:
             kept[r.client_id] = parts
         return kept
 
+    def federated(self) -> dict[str, Any]:
+        """The global model (and, where a method keeps parts, each client's own model:
+        ``federated_personal_*``) scored by every client on its own test split, as Flower's
+        nodes score them (:func:`federated_means`)."""
+        assert self.evaluator is not None
+        model = self.state.model
+        deltas, scores = model.total_delta(), []
+        for c in range(self.cfg.data.num_clients):
+            score = self.evaluator.evaluate(deltas, model.head, FEDERATED, client=c)
+            if c in self.state.local:
+                score.update(self.evaluator.evaluate(*self.personal_model(c),
+                                                     FEDERATED + "personal_", client=c))
+            scores.append((score, self.evaluator.test_size(c)))
+        return federated_means(scores)
+
+    def personal_model(self, client: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(dense update per layer, head)`` of ``client``'s own model: the global model with
+        the parts it keeps (FedSA-LoRA's ``B`` and head)."""
+        model, local, s = self.state.model, self.state.local[client], self.scaling(client)
+        layers, _ = split_adapter(model.start_adapter(self.ranks[client], s, local) or {})
+        deltas = {k: s * B @ A for k, (B, A) in layers.items()}
+        for k, b in model.base.items():
+            deltas[k] = deltas[k] + b if k in deltas else b
+        return deltas, model.start_head(local) or model.head
+
     def personalized(self) -> dict[str, float]:
         """Mean over clients of each client's own model (global + local parts) on its test split."""
         assert self.evaluator is not None
-        model, scores = self.state.model, []
-        for c, local in sorted(self.state.local.items()):
-            s = self.scaling(c)
-            layers, _ = split_adapter(model.start_adapter(self.ranks[c], s, local) or {})
-            deltas = {k: s * B @ A for k, (B, A) in layers.items()}
-            for k, b in model.base.items():
-                deltas[k] = deltas[k] + b if k in deltas else b
-            scores.append(self.evaluator.evaluate(deltas, model.start_head(local) or model.head,
-                                                  prefix="personal_", client=c))
+        scores = [self.evaluator.evaluate(*self.personal_model(c), prefix="personal_", client=c)
+                  for c in sorted(self.state.local)]
         return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]} if scores else {}

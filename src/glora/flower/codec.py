@@ -1,4 +1,6 @@
-"""Wire format of a round: a :class:`TrainTask` down to a node, a :class:`TrainResult` back up.
+"""Wire format of a round: a :class:`TrainTask` down to a node, a :class:`TrainResult` back up;
+a node's partition and example count in its answer to the query; the global model down and its
+scores up in federated evaluation.
 
 Tensors travel in :class:`~flwr.app.ArrayRecord`\\ s under PEFT's adapter-name-free keys (bytes
 exact: a float32 tensor arrives bit for bit), scalars in a :class:`~flwr.app.ConfigRecord` (down)
@@ -19,6 +21,8 @@ from torch import Tensor
 
 from glora.contract import TrainResult, TrainTask
 from glora.errors import GloraError
+from glora.global_model import LORA_A, LORA_B, GlobalModel
+from glora.training.export import factor_delta
 
 #: TrainTask scalar field -> ConfigRecord key.
 TASK_SCALARS = {"client_id": "client-id", "round": "round", "rank": "rank", "seed": "seed",
@@ -36,7 +40,8 @@ TASK_TENSORS = ("adapter", "head", "base")
 RESULT_SCALARS = {"client_id": "client-id", "num_examples": "num-examples",
                   "train_loss": "train-loss", "seconds": "seconds"}
 RESULT_TENSORS = ("adapter", "head")
-TASK, RESULT, NODE = "task", "result", "node"
+TASK, RESULT, NODE, MODEL, PERSONAL, SCORES = "task", "result", "node", "model", "personal", \
+    "scores"
 
 
 class CodecError(GloraError, ValueError):
@@ -161,19 +166,91 @@ def decode_result(content: RecordDict) -> TrainResult:
     return TrainResult(**scalars, **tensors)
 
 
-def encode_node(partition_id: int, num_partitions: int | None) -> RecordDict:
-    """A node's answer to the partition query."""
-    info = ConfigRecord({"partition-id": partition_id})
+def encode_node(partition_id: int, num_partitions: int | None, examples: int) -> RecordDict:
+    """A node's answer to the partition query: its partition and how many training examples it
+    holds (the cap on what its replies may claim)."""
+    info = ConfigRecord({"partition-id": partition_id, "num-examples": examples})
     if num_partitions is not None:
         info["num-partitions"] = num_partitions
     return RecordDict({NODE: info})
 
 
-def decode_node(content: RecordDict) -> tuple[int, int | None]:
-    """``(partition id, number of partitions or None)`` from a query reply."""
-    info = _require(content, NODE, "config", "query reply")
-    if "partition-id" not in info:
-        raise CodecError("query reply lacks `partition-id`.")
-    n = info.get("num-partitions")
-    return int(info["partition-id"]), None if n is None else int(n)
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CodecError(f"{what} must be a non-negative integer, got {value!r}.")
+    return value
 
+
+def decode_node(content: RecordDict) -> tuple[int, int | None, int]:
+    """``(partition id, number of partitions or None, training examples)`` of a query reply."""
+    info = _require(content, NODE, "config", "query reply")
+    missing = [k for k in ("partition-id", "num-examples") if k not in info]
+    if missing:
+        raise CodecError(f"query reply lacks {missing}; is the node running the glora ClientApp "
+                         "of the same version?")
+    n = info.get("num-partitions")
+    return (_count(info["partition-id"], "`partition-id`"),
+            None if n is None else _count(n, "`num-partitions`"),
+            _count(info["num-examples"], "`num-examples`"))
+
+
+def model_arrays(deltas: dict[str, Tensor], head: dict[str, Tensor]) -> ArrayRecord:
+    """A model as arrays under PEFT keys: each layer's update ``W - W0`` factored at its
+    numerical rank with scaling 1 (``lora_B @ lora_A``, as the exported adapter holds it), and
+    the head."""
+    factors = {}
+    for layer, delta in deltas.items():
+        B, A = factor_delta(delta)
+        factors[layer + LORA_B], factors[layer + LORA_A] = B.contiguous(), A.contiguous()
+    return ArrayRecord({**factors, **{k: v.contiguous() for k, v in head.items()}})
+
+
+def global_arrays(model: GlobalModel) -> ArrayRecord:
+    """The global model's :func:`model_arrays`."""
+    return model_arrays(model.total_delta(), model.head)
+
+
+def decode_model(content: RecordDict, key: str = MODEL,
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(dense update per layer, head)`` of the model under ``key`` of an evaluate message
+    (:data:`MODEL`, or :data:`PERSONAL`: the node's own model, where a method keeps parts).
+
+    Raises:
+        CodecError: no such record, a layer with only one factor, or factors that do not chain.
+    """
+    tensors = _tensors(content, key)
+    if tensors is None:
+        raise CodecError(f"evaluate message has no {key} record.")
+    layers = {k.removesuffix(LORA_B) for k in tensors if k.endswith(LORA_B)} | \
+        {k.removesuffix(LORA_A) for k in tensors if k.endswith(LORA_A)}
+    deltas = {}
+    for layer in sorted(layers):
+        B, A = tensors.get(layer + LORA_B), tensors.get(layer + LORA_A)
+        if B is None or A is None or B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
+            raise CodecError(f"evaluate message: layer `{layer}` needs factors B (d_out x r) and "
+                             "A (r x d_in).")
+        deltas[layer] = B @ A
+    head = {k: v for k, v in tensors.items() if not k.endswith((LORA_A, LORA_B))}
+    return deltas, head
+
+
+def encode_scores(metrics: dict[str, float], examples: int) -> RecordDict:
+    """A node's evaluation of the global model on its test split, with its size (the weight)."""
+    return RecordDict({SCORES: MetricRecord({**metrics, "num-examples": examples})})
+
+
+def decode_scores(content: RecordDict) -> tuple[dict[str, float], int]:
+    """``(metrics, test examples)`` of an evaluate reply.
+
+    Raises:
+        CodecError: no scores record, no example count, or a metric that is not a finite number.
+    """
+    scores = dict(_require(content, SCORES, "metric", "evaluate reply"))
+    if "num-examples" not in scores:
+        raise CodecError("evaluate reply lacks `num-examples`.")
+    examples = _count(scores.pop("num-examples"), "`num-examples`")
+    bad = [k for k, v in scores.items() if isinstance(v, (bool, list)) or
+           not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        raise CodecError(f"evaluate reply: metrics {bad} are not finite numbers.")
+    return {k: float(v) for k, v in scores.items()}, examples

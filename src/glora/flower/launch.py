@@ -30,6 +30,7 @@ import tomli_w
 from glora.config import ExperimentConfig
 from glora.errors import GloraError
 from glora.flower.tls import Certificates, make_certificates
+from glora.tasks import task_for
 
 #: Environment of every Flower process and ``flwr`` call started here.
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -55,8 +56,12 @@ def free_port() -> int:
 class LocalFederation:
     """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 (TLS), stopped on exit.
 
-    SuperNode ``i`` gets ``--node-config "partition-id=i num-partitions=num_nodes"``. Processes
-    run in sessions of their own (Ctrl-C reaches only this process, which then stops them), with
+    SuperNode ``i`` gets ``--node-config "partition-id=i num-partitions=num_nodes"`` and then
+    ``node_config[i]``, where given (``data-path`` and ``test-path``, the files it alone reads).
+    With ``registered``, the SuperLink admits only authenticated SuperNodes
+    (``--enable-supernode-auth``): every node gets an ECDSA key pair under ``workdir/keys``,
+    and only the keys of the nodes listed are registered (``flwr supernode register``), so the
+    others are refused. Processes run in sessions of their own (Ctrl-C reaches only this process, which then stops them), with
     logs in ``workdir``; nodes sharing this machine get
     ``OMP_NUM_THREADS = cores // num_nodes`` (at least 1), like the simulator's worker processes.
 
@@ -64,10 +69,17 @@ class LocalFederation:
     ...     run_app(app_dir, fed.address, fed.certificates.ca, run_config={}, home=fed.home)
     """
 
-    def __init__(self, workdir: Path, num_nodes: int, start_timeout: float = 60.0) -> None:
+    def __init__(self, workdir: Path, num_nodes: int, start_timeout: float = 60.0,
+                 node_config: Sequence[dict[str, str]] | None = None,
+                 registered: Sequence[int] | None = None) -> None:
         if num_nodes < 1:
             raise ValueError(f"`num_nodes` must be at least 1, got {num_nodes}.")
+        if node_config is not None and len(node_config) != num_nodes:
+            raise ValueError(f"{len(node_config)} node configs for {num_nodes} nodes.")
         self.workdir, self.num_nodes, self.start_timeout = Path(workdir), num_nodes, start_timeout
+        self.node_config = [" ".join(f'{k}="{v}"' for k, v in c.items())
+                            for c in node_config or [{}] * num_nodes]
+        self.registered = None if registered is None else sorted(registered)
         self.home = self.workdir / "flwr-home"
         self.link: subprocess.Popen[bytes] | None = None
         self.nodes: list[subprocess.Popen[bytes]] = []
@@ -103,15 +115,20 @@ class LocalFederation:
                  "--ssl-ca-certfile", str(self.certificates.ca),
                  "--ssl-certfile", str(self.certificates.cert),
                  "--ssl-keyfile", str(self.certificates.key),
-                 "--disable-runtime-dependency-installation"], "superlink.log", env)
+                 "--disable-runtime-dependency-installation",
+                 *([] if self.registered is None else ["--enable-supernode-auth"])],
+                "superlink.log", env)
             self._wait_for_port(self.link, "superlink.log")
+            keys = self._register_keys()
             threads = str(max(1, (os.cpu_count() or 1) // self.num_nodes))
             node_env = {**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
             for i in range(self.num_nodes):
                 self.nodes.append(self._spawn(
                     ["flower-supernode", "--superlink", self.address,
                      "--root-certificates", str(self.certificates.ca), "--port", str(free_port()),
-                     "--node-config", f"partition-id={i} num-partitions={self.num_nodes}"],
+                     *(["--auth-supernode-private-key", str(keys[i])] if keys else []),
+                     "--node-config", f"partition-id={i} num-partitions={self.num_nodes} "
+                     f"{self.node_config[i]}".strip()],
                     f"supernode-{i}.log", node_env))
         except BaseException:
             self.stop()
@@ -120,6 +137,26 @@ class LocalFederation:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _register_keys(self) -> list[Path]:
+        """Each node's private key file, with the ``registered`` nodes' public keys registered
+        on the SuperLink; none without ``registered``."""
+        if self.registered is None:
+            return []
+        folder = self.workdir / "keys"
+        folder.mkdir(exist_ok=True)
+        connect(self.home, self.address, self.certificates.ca)
+        keys = []
+        for i in range(self.num_nodes):
+            private, public = node_key_pair()
+            keys.append(folder / f"node{i}")
+            keys[-1].write_bytes(private)
+            keys[-1].chmod(0o600)
+            keys[-1].with_suffix(".pub").write_bytes(public)
+            if i in self.registered:
+                _json(_flwr(["supernode", "register", str(keys[-1].with_suffix(".pub")),
+                             CONNECTION, "--format", "json"], self.home), "supernode register")
+        return keys
 
     def _wait_for_port(self, proc: subprocess.Popen[bytes], log_name: str) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -137,7 +174,9 @@ class LocalFederation:
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every process started here and all their descendants, SIGKILL what is left
         after ``grace`` seconds. Descendants count: Flower starts its SuperExec and the apps in
-        sessions of their own, out of reach of a process-group signal."""
+        sessions of their own, out of reach of a process-group signal. So does a SuperExec
+        whose SuperNode already exited (a refused node's keeps retrying): it names its node
+        with ``--parent-pid``."""
         import psutil
 
         procs = self.processes
@@ -146,6 +185,12 @@ class LocalFederation:
             with contextlib.suppress(psutil.NoSuchProcess):
                 parent = psutil.Process(proc.pid)
                 tree += [parent, *parent.children(recursive=True)]
+        ours = {str(proc.pid) for proc in procs}
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            node = cmd[cmd.index("--parent-pid") + 1:][:1] if "--parent-pid" in cmd else []
+            if node and node[0] in ours and p not in tree:
+                tree.append(p)
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.terminate()
@@ -188,6 +233,31 @@ def _json(done: subprocess.CompletedProcess[str], what: str) -> dict[str, Any]:
     return out
 
 
+def node_key_pair() -> tuple[bytes, bytes]:
+    """A SuperNode's authentication key pair: ECDSA P-384, private and public key in OpenSSH
+    format (what ``ssh-keygen -t ecdsa -b 384`` writes)."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption())
+    return private, key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH)
+
+
+def connect(home: Path, superlink: str, root_certificates: Path | None,
+            insecure: bool = False) -> None:
+    """``home/config.toml``: the ``glora`` connection to ``superlink`` that ``flwr`` calls with
+    ``FLWR_HOME=home`` use."""
+    home.mkdir(parents=True, exist_ok=True)
+    connection: dict[str, Any] = {"address": superlink}
+    if insecure:
+        connection["insecure"] = True
+    elif root_certificates is not None:
+        connection["root-certificates"] = str(Path(root_certificates).resolve())
+    (home / "config.toml").write_text(tomli_w.dumps(
+        {"superlink": {"default": CONNECTION, CONNECTION: connection}}))
+
+
 def run_app(app_dir: Path, superlink: str, root_certificates: Path | None,
             run_config: dict[str, Any], home: Path, insecure: bool = False) -> tuple[int, str]:
     """``flwr run`` the app in ``app_dir`` on ``superlink``; stream its log until it ends.
@@ -200,14 +270,7 @@ def run_app(app_dir: Path, superlink: str, root_certificates: Path | None,
         ``(run id, status)``, the status as ``flwr ls`` gives it (``finished:completed`` on
         success).
     """
-    home.mkdir(parents=True, exist_ok=True)
-    connection: dict[str, Any] = {"address": superlink}
-    if insecure:
-        connection["insecure"] = True
-    elif root_certificates is not None:
-        connection["root-certificates"] = str(Path(root_certificates).resolve())
-    (home / "config.toml").write_text(tomli_w.dumps(
-        {"superlink": {"default": CONNECTION, CONNECTION: connection}}))
+    connect(home, superlink, root_certificates, insecure)
     overrides = home / "run_config.toml"
     overrides.write_text(tomli_w.dumps(run_config))
     started = _json(_flwr(["run", str(app_dir), CONNECTION, "--run-config", str(overrides),
@@ -243,14 +306,26 @@ def _read(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
 
 
+def node_files(cfg: ExperimentConfig, folder: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Write each client's partition under ``folder/client-<i>/`` (readable by its owner only)
+    and return each node's ``data-path``/``test-path`` node config and the overrides a server
+    without data needs (see :meth:`glora.tasks.base.Task.write_partitions`)."""
+    files, overrides = task_for(cfg.data.dataset).write_partitions(cfg, folder)
+    for train, _ in files:
+        train.parent.chmod(0o700)
+    return [{"data-path": str(train), "test-path": str(test)} for train, test in files], overrides
+
+
 def run_flower(cfg: ExperimentConfig, config: str | None, overrides: Sequence[str],
                resume: bool = False, superlink: str | None = None,
                root_certificates: str | None = None, insecure: bool = False) -> str:
     """Run the experiment on Flower; return the summary table (or where to find it).
 
     Without ``superlink``, a :class:`LocalFederation` of ``data.num_clients`` nodes runs it and
-    the results land under ``output_dir`` here. With one, the run goes to that SuperLink (the
-    config file and data must exist on its machines) and the results stay with its ServerApp.
+    the results land under ``output_dir`` here: each node reads only the partition files
+    written for it (:func:`node_files`), as a site reads its own. With one, the run goes to that
+    SuperLink (the config file must exist on its machines, each SuperNode names its own data)
+    and the results stay with its ServerApp.
 
     Raises:
         GloraError: the run did not complete (its status says how it ended).
@@ -262,8 +337,10 @@ def run_flower(cfg: ExperimentConfig, config: str | None, overrides: Sequence[st
         if superlink is None:
             out = out.resolve()  # the apps run in other working directories
             run_config["config"] = str(Path(config).resolve()) if config else ""
-            run_config["overrides"] = shlex.join([*overrides, f"output_dir={out}"])
-            with LocalFederation(Path(tmp), cfg.data.num_clients) as fed:
+            nodes, server_overrides = node_files(cfg, Path(tmp) / "data")
+            run_config["overrides"] = shlex.join([*overrides, *server_overrides,
+                                                  f"output_dir={out}"])
+            with LocalFederation(Path(tmp), cfg.data.num_clients, node_config=nodes) as fed:
                 run_id, status = run_app(app_folder(Path(tmp)), fed.address, fed.certificates.ca,
                                          run_config, fed.home)
         else:

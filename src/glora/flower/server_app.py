@@ -1,8 +1,11 @@
 """The glora ServerApp: the experiment from the run config, one strategy run per method.
 
-Writes what ``glora run`` writes with the simulator: under ``output_dir``, ``config.yaml``, the
-summary table and plot, and per method ``checkpoint.pt`` and ``metrics.jsonl`` (after every round)
-and the exported adapter.
+The server holds no training data: it loads the model only, to check replies against it and to
+export it; the nodes train and evaluate on their own data (:mod:`glora.flower.client_app`) and
+declare how many examples they hold. With ``eval.server_data`` it also scores the global model on
+that held-out set (``global_*``). Writes what ``glora run`` writes with the simulator: under
+``output_dir``, ``config.yaml``, the summary table and plot, and per method ``checkpoint.pt`` and
+``metrics.jsonl`` (after every round) and the exported adapter.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from glora.config import save_config
 from glora.federation import rounds
-from glora.federation.prepare import prepare
+from glora.federation.prepare import prepare_server
 from glora.federation.server import FederatedServer
 from glora.federation.summary import summarize, write_summary
 from glora.flower.run_config import RunOptions
@@ -32,12 +35,12 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    prepared = prepare(cfg)
+    prepared = prepare_server(cfg)
     rows = []
     for method in cfg.methods:
         started = time.perf_counter()
-        server = FederatedServer(cfg, method, prepared, prepared.reply_schema(),
-                                 [len(p) for p in prepared.parts])
+        evaluator = None if prepared.data is None else prepared  # eval.server_data
+        server = FederatedServer(cfg, method, evaluator, prepared.reply_schema(), examples={})
         strategy = GloraStrategy(server, out / method)
         if options.resume:
             rounds.resume(server, out / method)

@@ -2,10 +2,13 @@
 federation.
 
 Every SuperNode serves one data partition (its ``partition-id`` node config), that is one glora
-client. The strategy asks new nodes for their partition with a query message, sends each node the
-task of its own client (the start adapter for its rank, head, base deltas, seeds,
+client, and holds only that data. The strategy asks new nodes for their partition and example
+count with a query message (the count caps what the node's replies may claim), sends each node
+the task of its own client (the start adapter for its rank, head, base deltas, seeds,
 hyper-parameters), aggregates the replies with :meth:`FederatedServer.aggregate` (what the
-simulator calls) and checkpoints after every round.
+simulator calls) and checkpoints after every round. When an evaluation is due (``eval.every``),
+every node scores the global model on its own test split and the round's record gets their
+means weighted by test examples (``federated_*``, as the simulator's ``eval.federated``).
 
 Failures: a node that errs or does not answer within the timeout is left out of its round and
 reported (``missing_clients`` in the round's record, and a warning); the server screens the
@@ -30,29 +33,16 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from glora.errors import AggregationError
 from glora.federation import plan, rounds
-from glora.federation.server import FederatedServer
+from glora.federation.server import FEDERATED, FederatedServer, federated_means
 from glora.flower import codec
-from glora.global_model import LORA_A, LORA_B, GlobalModel
-from glora.training.export import factor_delta
 
-EVAL_PREFIXES = ("global_", "personal_")
+EVAL_PREFIXES = ("global_", "personal_", FEDERATED)
 
 
 def metric_record(record: dict[str, Any], evaluation: bool) -> MetricRecord:
     """The numeric entries of a round record: evaluation metrics, or all the others."""
     return MetricRecord({k: v for k, v in record.items()
                          if k.startswith(EVAL_PREFIXES) == evaluation and _numeric(v)})
-
-
-def global_arrays(model: GlobalModel) -> ArrayRecord:
-    """The global model as arrays under PEFT keys: each layer's total update ``W - W0`` factored
-    at its numerical rank with scaling 1 (``lora_B @ lora_A``, as the exported adapter holds it),
-    and the head."""
-    factors = {}
-    for layer, delta in model.total_delta().items():
-        B, A = factor_delta(delta)
-        factors[layer + LORA_B], factors[layer + LORA_A] = B.contiguous(), A.contiguous()
-    return ArrayRecord({**factors, **{k: v.contiguous() for k, v in model.head.items()}})
 
 
 def _numeric(value: Any) -> bool:
@@ -104,16 +94,17 @@ class GloraStrategy(Strategy):
         """Run rounds until the server reached ``num_rounds`` (default: ``train.rounds``).
 
         ``initial_arrays`` is not used: the model is the server's state (a resumed run continues
-        from it). ``timeout`` bounds each exchange with the nodes. Evaluation is the server's
-        (``global_*`` metrics), so ``evaluate_config`` and ``evaluate_fn`` must stay ``None``.
+        from it). ``timeout`` bounds each exchange with the nodes. Evaluation is federated (the
+        nodes') or the server's evaluator, so ``evaluate_config`` and ``evaluate_fn`` must stay
+        ``None``.
 
         Raises:
             AggregationError: a round had too few valid replies after every retry; the state and
                 the checkpoint stay at the previous round.
         """
         if evaluate_config is not None or evaluate_fn is not None:
-            raise ValueError("`evaluate_config` and `evaluate_fn` are not used: the "
-                             "FederatedServer evaluates the global model after each round.")
+            raise ValueError("`evaluate_config` and `evaluate_fn` are not used: the nodes "
+                             "evaluate the global model when `eval.every` says.")
         last = self.server.cfg.train.rounds if num_rounds is None else num_rounds
         self.timeout = timeout
         log(INFO, "Starting %s strategy:", type(self).__name__)
@@ -136,9 +127,14 @@ class GloraStrategy(Strategy):
                                         " Start the missing SuperNodes and resume.")
             first = False
             result.train_metrics_clientapp[t] = metric_record(record, evaluation=False)
-            if any(k.startswith(EVAL_PREFIXES) for k in record):
+            if self.server.eval_due():
+                record.update(self._evaluate(grid, t))
+                rounds.persist(self.server, self.out)
+                result.evaluate_metrics_clientapp[t] = MetricRecord(
+                    {k: v for k, v in record.items() if k.startswith(FEDERATED) and _numeric(v)})
+            if any(k.startswith(EVAL_PREFIXES[:2]) for k in record):
                 result.evaluate_metrics_serverapp[t] = metric_record(record, evaluation=True)
-        result.arrays = global_arrays(self.server.state.model)
+        result.arrays = codec.global_arrays(self.server.state.model)
         return result
 
     # -- Strategy hooks ------------------------------------------------------------------------
@@ -209,13 +205,46 @@ class GloraStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> list[Message]:
-        """No federated evaluation: the server evaluates the global model itself."""
-        return []
+        """One message per node that serves a partition, holding the global model (the server's
+        state; ``arrays`` is not used) and, where the method keeps parts on the client
+        (FedSA-LoRA), the node's own model."""
+        model = codec.global_arrays(self.server.state.model)
+        config["server-round"] = server_round
+        messages = []
+        for node, client in sorted(self.partitions.items()):
+            content = RecordDict({codec.MODEL: model, "config": config})
+            if client in self.server.state.local:
+                content[codec.PERSONAL] = codec.model_arrays(*self.server.personal_model(client))
+            messages.append(Message(content, node, MessageType.EVALUATE, ttl=self.timeout,
+                                    group_id=str(server_round)))
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
                            ) -> MetricRecord | None:
-        """No federated evaluation (see :meth:`configure_evaluate`)."""
-        return None
+        """The nodes' scores as means weighted by their test examples (``federated_*`` and
+        ``federated_examples``); a failed or malformed reply is left out with a warning."""
+        scores = []
+        for reply in replies:
+            node = self._sent.get(reply.metadata.reply_to_message_id)
+            if reply.has_error():
+                log(WARNING, "round %d: node %s failed to evaluate: %s", server_round, node,
+                    reply.error.reason)
+                continue
+            try:
+                metrics, examples = codec.decode_scores(reply.content)
+            except codec.CodecError as err:
+                log(WARNING, "round %d: node %s: %s; left out of the evaluation.", server_round,
+                    node, err)
+                continue
+            scores.append(({FEDERATED + k: v for k, v in metrics.items()}, examples))
+        means = federated_means(scores)
+        return MetricRecord({**means, FEDERATED + "clients": len(scores)}) if means else None
+
+    def _evaluate(self, grid: Grid, server_round: int) -> dict[str, Any]:
+        """Federated evaluation of the global model after ``server_round``."""
+        messages = self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid)
+        metrics = self.aggregate_evaluate(server_round, self._exchange(grid, messages).values())
+        return {} if metrics is None else dict(metrics)
 
     # -- nodes and messages --------------------------------------------------------------------
     def _wait_for_nodes(self, grid: Grid, everyone: bool) -> None:
@@ -259,7 +288,7 @@ class GloraStrategy(Strategy):
                 log(WARNING, "node %d: partition query failed: %s", node, reply.error.reason)
                 continue
             try:
-                pid, num_partitions = codec.decode_node(reply.content)
+                pid, num_partitions, examples = codec.decode_node(reply.content)
             except codec.CodecError as err:
                 log(WARNING, "node %d: %s", node, err)
                 continue
@@ -271,6 +300,8 @@ class GloraStrategy(Strategy):
                     node, pid)
             else:
                 self.partitions[node] = pid
+                if self.server.examples is not None:
+                    self.server.examples[pid] = examples
         log(INFO, "nodes -> clients: %s", self.partitions)
 
     def _exchange(self, grid: Grid, messages: list[Message]) -> dict[int, Message]:

@@ -40,7 +40,7 @@ class Simulation:
                  executor: Callable[[list[TrainTask]], list[TrainResult]]) -> None:
         self.cfg, self.data, self.out, self.execute = cfg, prepared, Path(out_dir), executor
         self.server = FederatedServer(cfg, method, prepared, prepared.reply_schema(),
-                                      [len(p) for p in prepared.parts])
+                                      prepared.examples)
         self.out.mkdir(parents=True, exist_ok=True)
 
     @property

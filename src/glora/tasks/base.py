@@ -11,6 +11,7 @@ module that calls :func:`register_task`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -87,8 +88,27 @@ class Task(Protocol):
     def prepare(self, cfg: ExperimentConfig) -> TaskData:
         """Load, split, partition and tokenize the run's data."""
 
+    def model_spec(self, cfg: ExperimentConfig) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The :class:`TaskData` ``model_spec`` and ``metrics`` from the config alone, for a
+        server that holds no data; a :class:`ConfigError` names a key the data would have told."""
+
+    def write_partitions(self, cfg: ExperimentConfig, folder: Path,
+                         ) -> tuple[list[tuple[Path, Path]], list[str]]:
+        """Each client's ``(training, test)`` files under ``folder``, readable as node data
+        (``data-path``, ``test-path``) in the order :meth:`prepare` gives its examples, and the
+        ``key=value`` overrides a server without data needs (:meth:`model_spec`); a
+        :class:`ConfigError` where the task's data cannot be written so."""
+
     def adapter_readme(self, info: dict[str, Any]) -> str:
         """README of an exported adapter folder (how to load it), from its ``glora.json``."""
+
+
+def lora_spec(task: str, cfg: ExperimentConfig) -> dict[str, Any]:
+    """The :class:`~glora.training.cache.ModelCache` keyword arguments every task's model spec
+    has: the task, the backbone and the LoRA settings."""
+    return {"task": task, "model": cfg.model.name, "target_modules": cfg.model.target_modules,
+            "alpha": cfg.lora.alpha, "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
+            "max_rank": max(cfg.lora.ranks)}
 
 
 _TASKS: dict[str, Task] = {}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from glora.backbones import load_tokenizer, packaged_lm, resolve_model
 from glora.errors import ConfigError
 
-from .base import TaskData, register_task
+from .base import TaskData, lora_spec, register_task
 from .generation import evaluate_generation
 from .prompts import IGNORE_INDEX, encode_prompts, encode_training, format_prompt, lm_batch
 
@@ -202,10 +202,7 @@ class CausalLMTask:
                                            tasks=opts["tasks"], seed=cfg.seed)
         train = splits.train
         parts = partition.by_task(train.tasks, cfg.data.num_clients, cfg.seed)
-        model_spec = {"task": self.name, "model": cfg.model.name,
-                      "target_modules": cfg.model.target_modules, "alpha": cfg.lora.alpha,
-                      "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
-                      "max_rank": max(cfg.lora.ranks)}
+        model_spec, metrics = self.model_spec(cfg)
         tokenizer = load_tokenizer(self.resolve(cfg.model.name), pad=True)
         tensors = encode_training(tokenizer, _prompts(tokenizer, train, opts),
                                   [e.outputs[0] for e in train.examples], cfg.data.max_length,
@@ -216,10 +213,18 @@ class CausalLMTask:
         unseen = eval_set(tokenizer, splits.test_unseen, opts, cfg.data.max_length)
         client_tasks = [sorted({train.tasks[i] for i in p}) for p in parts]
         test_parts = [[i for i, t in enumerate(seen.tasks) if t in set(ct)] for ct in client_tasks]
-        return InstructionData(model_spec, tensors, parts, test_parts, ("rougeL",), seen=seen,
+        return InstructionData(model_spec, tensors, parts, test_parts, metrics, seen=seen,
                                unseen=unseen, tokenizer=tokenizer,
                                max_new_tokens=int(opts["max_new_tokens"]),
                                client_tasks=client_tasks)
+
+    def model_spec(self, cfg: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+        return lora_spec(self.name, cfg), ("rougeL",)
+
+    def write_partitions(self, cfg: Any, folder: Any) -> tuple[list[Any], list[str]]:
+        raise ConfigError(f"{DATASET_PREFIX} partitions are not written as node files; give "
+                          f"each SuperNode `data-path={DATASET_PREFIX}:<folder of its task "
+                          "files>` and run on your SuperLink.")
 
     def adapter_readme(self, info: dict[str, Any]) -> str:
         packaged = info["base_model"] is None

@@ -9,7 +9,9 @@ plain copy of the backbone, one forward pass per batch whatever the method and t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 from glora.backbones import default_model_path, load_tokenizer, resolve_model
 from glora.errors import ConfigError
 
-from .base import TaskData, register_task
+from .base import TaskData, lora_spec, register_task
 from .tokenize import batch_inputs, tokenize
 
 #: What PEFT saves as ``modules_to_save`` for SEQ_CLS.
@@ -163,6 +165,39 @@ class ClassificationTask:
 
     def prepare(self, cfg: Any) -> ClassificationData:
         """Load, split, partition and tokenize; errors name the dataset and the client."""
+        train, test, parts, test_parts = self._split(cfg)
+        num_labels = cfg.data.num_labels or train.num_labels
+        if train.task_type != "regression" and train.num_labels > num_labels:
+            raise ConfigError(f"{cfg.data.dataset!r} has {train.num_labels} classes but "
+                              f"`data.num_labels` is {num_labels}; raise it or remove it.")
+        model_spec = {**lora_spec(self.name, cfg), "num_labels": num_labels}
+        tokenizer = load_tokenizer(self.resolve(cfg.model.name))
+        return ClassificationData(model_spec, tokenize(tokenizer, train, cfg.data.max_length),
+                                  parts, test_parts, tuple(train.metrics),
+                                  test=tokenize(tokenizer, test, cfg.data.max_length))
+
+    def write_partitions(self, cfg: Any, folder: Path,
+                         ) -> tuple[list[tuple[Path, Path]], list[str]]:
+        """Each client's training and test examples as ``client-<i>/{train,test}.jsonl``
+        (``text``, ``label`` as a class id), in the order :meth:`prepare` gives them, and the
+        number of classes (``data.num_labels``)."""
+        train, test, parts, test_parts = self._split(cfg)
+        if train.text_pairs is not None or train.task_type == "regression":
+            raise ConfigError(f"{cfg.data.dataset!r}: only single-sentence classification is "
+                              "written as node files; give each node its own file instead.")
+        paths = []
+        for i, (part, test_part) in enumerate(zip(parts, test_parts, strict=True)):
+            (folder / f"client-{i}").mkdir(parents=True, exist_ok=True)
+            files = folder / f"client-{i}" / "train.jsonl", folder / f"client-{i}" / "test.jsonl"
+            for path, data, idx in ((files[0], train, part), (files[1], test, test_part)):
+                path.write_text("".join(json.dumps({"text": data.texts[j],
+                                                    "label": int(data.labels[j])}) + "\n"
+                                        for j in idx))
+            paths.append(files)
+        return paths, [f"data.num_labels={cfg.data.num_labels or train.num_labels}"]
+
+    def _split(self, cfg: Any) -> tuple[Any, Any, list[list[int]], list[list[int]]]:
+        """Training and (capped) test sets, with each client's indices into them."""
         from glora.data import load_dataset, partition
 
         splits = load_dataset(cfg.data.dataset, test_file=cfg.data.test_file, seed=cfg.seed)
@@ -190,14 +225,18 @@ class ClassificationTask:
         else:
             test_parts = partition.match_label_proportions(parts, train.labels, test.labels,
                                                            cfg.seed)
-        model_spec = {"task": self.name, "model": cfg.model.name, "num_labels": train.num_labels,
-                      "target_modules": cfg.model.target_modules, "alpha": cfg.lora.alpha,
-                      "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
-                      "max_rank": max(cfg.lora.ranks)}
-        tokenizer = load_tokenizer(self.resolve(cfg.model.name))
-        return ClassificationData(model_spec, tokenize(tokenizer, train, cfg.data.max_length),
-                                  parts, test_parts, tuple(train.metrics),
-                                  test=tokenize(tokenizer, test, cfg.data.max_length))
+        return train, test, parts, test_parts
+
+    def model_spec(self, cfg: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+        n = cfg.data.num_labels
+        if n is None:
+            raise ConfigError("the server holds no training data to count the classes: set "
+                              "`data.num_labels` (1 for regression).")
+        from glora.data.files import BINARY_METRICS, MULTICLASS_METRICS, REGRESSION_METRICS
+
+        metrics = REGRESSION_METRICS if n == 1 else BINARY_METRICS if n == 2 else \
+            MULTICLASS_METRICS
+        return {**lora_spec(self.name, cfg), "num_labels": n}, tuple(metrics)
 
     def adapter_readme(self, info: dict[str, Any]) -> str:
         ranks = sorted(set(info["ranks"].values()))
