@@ -1,6 +1,6 @@
 """A client's step time and peak memory on the CPU: fixed vs dynamic padding, fp32 vs bf16
-autocast, with and without gradient checkpointing; ratios to the fp32 dynamic-padding step
-measured in the same run.
+autocast, a float32 vs bf16 frozen base (`model.dtype`), with and without gradient
+checkpointing; ratios to the fp32 dynamic-padding step measured in the same run.
 
 Every variant runs in its own process (one torch thread), so its peak resident memory is its
 own: the model loaded, one warm-up step, then ``--steps`` timed steps of batch 16 on real
@@ -21,12 +21,14 @@ import subprocess
 import sys
 import time
 
-VARIANTS = {  # name -> (padding, precision, gradient checkpointing)
-    "fp32 fixed": ("fixed", "fp32", False),
-    "fp32 dynamic": ("dynamic", "fp32", False),
-    "bf16 dynamic": ("dynamic", "bf16", False),
-    "fp32 dynamic ckpt": ("dynamic", "fp32", True),
-    "bf16 dynamic ckpt": ("dynamic", "bf16", True),
+VARIANTS = {  # name -> (padding, precision, gradient checkpointing, frozen base dtype)
+    "fp32 fixed": ("fixed", "fp32", False, "fp32"),
+    "fp32 dynamic": ("dynamic", "fp32", False, "fp32"),
+    "bf16 dynamic": ("dynamic", "bf16", False, "fp32"),
+    "fp32 dynamic ckpt": ("dynamic", "fp32", True, "fp32"),
+    "bf16 dynamic ckpt": ("dynamic", "bf16", True, "fp32"),
+    "bf16 base dynamic": ("dynamic", "bf16", False, "bf16"),
+    "bf16 base dynamic ckpt": ("dynamic", "bf16", True, "bf16"),
 }
 MODELS = {"minilm": (None, 40), "smollm2": ("smollm2-135m-instruct", 128)}
 
@@ -47,8 +49,8 @@ def child(model: str, variant: str, steps: int) -> dict:
     from glora.training.train import train_client
 
     name, length = MODELS[model]
-    padding, precision, checkpointing = VARIANTS[variant]
-    cache = ModelCache(name, max_rank=8)
+    padding, precision, checkpointing, dtype = VARIANTS[variant]
+    cache = ModelCache(name, max_rank=8, dtype=dtype)
     tok = load_tokenizer(cache.path, pad=True)
     texts = load_dataset("rotten_tomatoes", seed=0).train.subset(list(range(256)))
     data = tokenize(tok, texts, length)

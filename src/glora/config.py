@@ -46,6 +46,9 @@ class ModelConfig:
     # Modules that get LoRA; null: PEFT's default for the architecture (query/value for BERT,
     # q_proj/v_proj for Llama), or an error listing the model's linear layers where it has none.
     target_modules: list[str] | None = None
+    # The frozen base's dtype: fp32, or bf16/fp16 for half its memory (then `train.precision`
+    # must be the same; LoRA factors, head and optimizer state stay float32).
+    dtype: str = "fp32"
 
 
 @dataclass
@@ -161,7 +164,8 @@ IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.gradient_checkpointing": False, "train.dp_noise_multiplier": None,
                   "train.dp_epsilon": None, "train.dp_max_grad_norm": 1.0,
                   "train.dp_delta": 1e-5, "server.norm_factor": 10.0,
-                  "data.num_labels": None, "eval.federated": False, "eval.server_data": None}
+                  "data.num_labels": None, "eval.federated": False, "eval.server_data": None,
+                  "model.dtype": "fp32"}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -233,6 +237,13 @@ def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
     if cfg.train.precision not in PRECISIONS:
         problems.append(f"`train.precision` must be one of {list(PRECISIONS)}, got "
                         f"{cfg.train.precision!r}.")
+    if cfg.model.dtype not in PRECISIONS:
+        problems.append(f"`model.dtype` must be one of {list(PRECISIONS)}, got "
+                        f"{cfg.model.dtype!r}.")
+    elif cfg.model.dtype != "fp32" and cfg.train.precision != cfg.model.dtype:
+        problems.append(f"`model.dtype: {cfg.model.dtype}` needs `train.precision: "
+                        f"{cfg.model.dtype}`: autocast runs the float32 LoRA factors and head "
+                        f"against the {cfg.model.dtype} base (got `{cfg.train.precision}`).")
     try:
         resolve_device(cfg.train.device)
     except ConfigError as err:

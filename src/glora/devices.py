@@ -19,6 +19,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 #: computes in (``None``: plain float32).
 AUTOCAST_DTYPE: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
                                                  "fp16": torch.float16}
+#: ``model.dtype`` -> the dtype the frozen base is loaded in.
+BASE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def available() -> str:

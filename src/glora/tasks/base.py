@@ -68,9 +68,10 @@ class Task(Protocol):
     def resolve(self, model: str | None) -> str:
         """A loadable folder or hub id for ``model.name`` (``None``: the task's packaged model)."""
 
-    def load_model(self, path: str, num_labels: int, problem_type: str | None,
-                   seed: int) -> nn.Module:
-        """The model at ``path`` in eval mode, its new head (if any) drawn from ``seed``."""
+    def load_model(self, path: str, num_labels: int, problem_type: str | None, seed: int,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The model at ``path`` in eval mode with its weights in ``dtype``, its new head (if
+        any) drawn from ``seed``."""
 
     def head_modules(self, model: nn.Module) -> tuple[str, ...]:
         """Names of the model's children trained whole and averaged (empty: no head)."""
@@ -108,7 +109,7 @@ def lora_spec(task: str, cfg: ExperimentConfig) -> dict[str, Any]:
     has: the task, the backbone and the LoRA settings."""
     return {"task": task, "model": cfg.model.name, "target_modules": cfg.model.target_modules,
             "alpha": cfg.lora.alpha, "rslora": cfg.lora.rslora, "dropout": cfg.lora.dropout,
-            "max_rank": max(cfg.lora.ranks)}
+            "max_rank": max(cfg.lora.ranks), "dtype": cfg.model.dtype}
 
 
 _TASKS: dict[str, Task] = {}

@@ -133,15 +133,15 @@ def answer_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return F.cross_entropy(logits, labels[keep])
 
 
-def load_causal_lm(path: str) -> nn.Module:
-    """The float32 causal LM at ``path`` (folder or hub id), in eval mode."""
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The causal LM at ``path`` (folder or hub id), in eval mode, its weights in ``dtype``."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        net = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as err:
         raise ConfigError(f"cannot load causal LM {path!r}: {err}") from None
     finally:
@@ -162,9 +162,9 @@ class CausalLMTask:
     def resolve(self, model: str | None) -> str:
         return resolve_model(model, packaged_lm)
 
-    def load_model(self, path: str, num_labels: int, problem_type: str | None,
-                   seed: int) -> nn.Module:
-        return load_causal_lm(path)  # no head: nothing to size or seed
+    def load_model(self, path: str, num_labels: int, problem_type: str | None, seed: int,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+        return load_causal_lm(path, dtype)  # no head: nothing to size or seed
 
     def head_modules(self, model: nn.Module) -> tuple[str, ...]:
         return ()

@@ -79,8 +79,9 @@ def score(model: nn.Module, data: Sequence[Tensor],
 
 
 def load_classifier(path: str, num_labels: int, problem_type: str | None = None,
-                    seed: int = 0) -> nn.Module:
-    """A sequence classifier on the backbone at ``path`` (folder or hub id), in eval mode.
+                    seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A sequence classifier on the backbone at ``path`` (folder or hub id), in eval mode, its
+    weights in ``dtype``.
 
     The new classification head is initialized from ``seed`` (the caller's RNG is left as it
     was), so every process that loads the same model gets the same head.
@@ -100,7 +101,7 @@ def load_classifier(path: str, num_labels: int, problem_type: str | None = None,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
-                                                                     **extra)
+                                                                     dtype=dtype, **extra)
     except OSError as err:
         raise ConfigError(f"cannot load model {path!r}: {err}") from None
     finally:
@@ -138,9 +139,9 @@ class ClassificationTask:
     def resolve(self, model: str | None) -> str:
         return resolve_model(model, default_model_path)
 
-    def load_model(self, path: str, num_labels: int, problem_type: str | None,
-                   seed: int) -> nn.Module:
-        return load_classifier(path, num_labels, problem_type, seed)
+    def load_model(self, path: str, num_labels: int, problem_type: str | None, seed: int,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+        return load_classifier(path, num_labels, problem_type, seed, dtype)
 
     def head_modules(self, model: nn.Module) -> tuple[str, ...]:
         heads = tuple(n for n, _ in model.named_children() if n in HEAD_MODULES)

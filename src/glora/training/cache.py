@@ -21,6 +21,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from torch import Tensor, nn
 
 from glora.contract import lora_scaling
+from glora.devices import BASE_DTYPE
 from glora.errors import ConfigError
 from glora.global_model import LORA_A, LORA_B
 from glora.tasks import get_task
@@ -139,21 +140,25 @@ class ModelCache:
         task: registry name of the task (:mod:`glora.tasks`).
         device: where the model lives, trains and evaluates (``"cpu"``, ``"cuda:0"``, ...;
             :func:`glora.devices.resolve_device` turns ``train.device`` into one).
+        dtype: ``model.dtype``, the frozen weights' dtype (``fp32``, ``bf16``, ``fp16``); the
+            trained parameters (LoRA factors, head) are float32 whatever it is.
     """
 
     def __init__(self, model: str | None = None, num_labels: int = 2,
                  target_modules: Sequence[str] | None = None, alpha: float = 16.0,
                  rslora: bool = False, dropout: float = 0.0, max_rank: int | None = None,
                  problem_type: str | None = None, seed: int = 0,
-                 task: str = "classification", device: str | torch.device = "cpu") -> None:
+                 task: str = "classification", device: str | torch.device = "cpu",
+                 dtype: str = "fp32") -> None:
         self.task = get_task(task)
         self.device = torch.device(device)
         self.model_name = model
         self.path = self.task.resolve(model)
         self.num_labels = num_labels
         self.alpha, self.rslora, self.dropout = float(alpha), bool(rslora), float(dropout)
-        self.plain = self.task.load_model(self.path, num_labels, problem_type,
-                                          seed).requires_grad_(False).to(self.device)
+        self.dtype = BASE_DTYPE[dtype]
+        self.plain = self.task.load_model(self.path, num_labels, problem_type, seed,
+                                          self.dtype).requires_grad_(False).to(self.device)
         self.target_modules = tuple(target_modules or default_targets(self.plain))
         self.head_modules = self.task.head_modules(self.plain)
         self._plain_layers = self._find_layers()
@@ -221,6 +226,8 @@ class ModelCache:
                 else:
                     self._peft.add_adapter(name, config)
             params = adapter_parameters(self._peft, name)
+            for p in params.values():  # a half-precision base's head copy, too, trains in fp32
+                p.data = p.data.float()
             lora = {k: p for k, p in params.items() if k.endswith((LORA_A, LORA_B))}
             head = {k: p for k, p in params.items() if k not in lora}
             prefixes = {k.removesuffix(LORA_A).removesuffix(LORA_B) for k in lora}
@@ -234,13 +241,14 @@ class ModelCache:
         return adapter
 
     def load_base(self, layers: dict[str, nn.Linear], deltas: dict[str, Tensor]) -> None:
-        """Set each layer's frozen weight to ``W0 + deltas[prefix]`` (``W0`` where absent)."""
+        """Set each layer's frozen weight to ``W0 + deltas[prefix]`` (``W0`` where absent),
+        added in float32 and rounded once to the base's dtype."""
         unknown = sorted(deltas.keys() - self._w0.keys())
         if unknown:
             raise ValueError(f"base deltas for layers the model does not adapt: {unknown[:4]}; "
                              f"adapted layers look like `{next(iter(self._w0))}`.")
-        weights = {k: self._w0[k] + deltas[k].to(self._w0[k]) if k in deltas else self._w0[k]
-                   for k in layers}
+        weights = {k: (self._w0[k].float() + deltas[k].float()).to(self._w0[k].dtype)
+                   if k in deltas else self._w0[k] for k in layers}
         copy_into({k: m.weight for k, m in layers.items()}, weights, "base delta")
 
     def global_model(self, deltas: dict[str, Tensor], head: dict[str, Tensor] | None) -> nn.Module:
