@@ -2,8 +2,8 @@
 aggregation of its replies on the GPU against the CPU.
 
 The round: the packaged MiniLM-L6, 4 clients (Dirichlet 0.5, ranks 2/4/8/16), 1 round of 10
-local steps at batch 16, ``train.precision=bf16`` and ``train.gradient_checkpointing=true``,
-evaluated on 500 test sentences. Prints the client step time, the peak CUDA memory and the
+local steps at batch 16, ``train.precision=bf16``, ``model.dtype=bf16`` and
+``train.gradient_checkpointing=true``, evaluated on 500 test sentences. Prints the client step time, the peak CUDA memory and the
 metrics, then the relative difference between GLoRA's update aggregated on the GPU (float32
 input) and on the CPU. Where no CUDA GPU is present it says so and exits 0. Run::
 
@@ -41,7 +41,8 @@ def main() -> int:
         cfg = load_config(None, [
             "data.num_clients=4", "train.rounds=1", "train.local_steps=10",
             "train.batch_size=16", "train.device=cuda", "train.precision=bf16",
-            "train.gradient_checkpointing=true", "methods=[glora]", "workers=1",
+            "train.gradient_checkpointing=true", "model.dtype=bf16", "methods=[glora]",
+            "workers=1",
             f"output_dir={out}"])
         prepared = prepare(cfg)
         server = FederatedServer(cfg, "glora", prepared, prepared.reply_schema(),
