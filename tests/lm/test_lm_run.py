@@ -85,3 +85,23 @@ def test_a_site_reads_its_own_task_folder_as_one_client(tiny_lm_dir, tiny_tasks_
         (node.model_spec, node.metrics)
     with pytest.raises(ConfigError, match="is not data of the run's task 'causal_lm'"):
         prepare_node(cfg, str(tmp_path / "site.csv"))
+
+
+def test_written_task_folders_give_each_node_the_simulator_s_examples(tiny_lm_dir, tiny_tasks_dir,
+                                                                      tmp_path):
+    """The local launcher's LM partitions: each node's folder, read with the run's options (and
+    `unseen: 0`), gives that client's training examples and seen-task test examples."""
+    from glora.federation.prepare import prepare, prepare_node
+    from glora.tasks import task_for
+
+    cfg = lm_config(tiny_lm_dir, tiny_tasks_dir, tmp_path, "methods=[fedit]")
+    pooled = prepare(cfg)
+    nodes, overrides = task_for(cfg.data.dataset).write_partitions(cfg, tmp_path / "sites")
+    run = lm_config(tiny_lm_dir, tiny_tasks_dir, tmp_path, "methods=[fedit]", *overrides)
+    assert run.data.options["unseen"] == 0 and run.data.options["train_per_task"] == 6
+    for c, node_config in enumerate(nodes):
+        node = prepare_node(run, node_config["data-path"])
+        assert node.data.client_tasks == [pooled.data.client_tasks[c]]
+        rows = lambda data: sorted(map(tuple, data[0].tolist()))  # noqa: E731
+        assert rows(node.client_train(0)) == rows(pooled.client_train(c))
+        assert node.test_size(0) == pooled.test_size(c)

@@ -5,6 +5,7 @@ partitions."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,12 +22,12 @@ def test_written_partitions_are_the_simulator_s_clients(tiny_config, tmp_path):
     cfg = tiny_config("data.partition=dirichlet", "data.alpha=0.5")
     pooled = prepare(cfg)
     # Execute
-    files, overrides = task_for(cfg.data.dataset).write_partitions(cfg, tmp_path / "sites")
+    nodes, overrides = task_for(cfg.data.dataset).write_partitions(cfg, tmp_path / "sites")
     # Assert
-    assert overrides == ["data.num_labels=2"] and len(files) == cfg.data.num_clients
+    assert overrides == ["data.num_labels=2"] and len(nodes) == cfg.data.num_clients
     run = tiny_config("data.partition=dirichlet", "data.alpha=0.5", *overrides)
-    for c, (train, test) in enumerate(files):
-        node = prepare_node(run, str(train), str(test))
+    for c, node_config in enumerate(nodes):
+        node = prepare_node(run, node_config["data-path"], node_config["test-path"])
         assert node.examples == {0: len(pooled.parts[c])}
         for mine, theirs in zip(node.client_train(0), pooled.client_train(c), strict=True):
             assert torch.equal(mine, theirs)
@@ -34,7 +35,8 @@ def test_written_partitions_are_the_simulator_s_clients(tiny_config, tmp_path):
         assert node.evaluate({}, {}, "", client=0) == \
             {k.removeprefix("p_"): v for k, v in pooled.evaluate({}, {}, "p_", client=c).items()}
         assert node.model_spec == pooled.model_spec
-    assert {json.loads(line)["label"] for line in files[0][0].read_text().splitlines()} <= {0, 1}
+    written = Path(nodes[0]["data-path"]).read_text().splitlines()
+    assert {json.loads(line)["label"] for line in written} <= {0, 1}
 
 
 def test_a_node_missing_a_class_builds_the_run_s_head_and_metrics(tiny_config, tmp_path):

@@ -310,10 +310,10 @@ def node_files(cfg: ExperimentConfig, folder: Path) -> tuple[list[dict[str, str]
     """Write each client's partition under ``folder/client-<i>/`` (readable by its owner only)
     and return each node's ``data-path``/``test-path`` node config and the overrides a server
     without data needs (see :meth:`glora.tasks.base.Task.write_partitions`)."""
-    files, overrides = task_for(cfg.data.dataset).write_partitions(cfg, folder)
-    for train, _ in files:
-        train.parent.chmod(0o700)
-    return [{"data-path": str(train), "test-path": str(test)} for train, test in files], overrides
+    nodes, overrides = task_for(cfg.data.dataset).write_partitions(cfg, folder)
+    for i in range(len(nodes)):
+        (folder / f"client-{i}").chmod(0o700)
+    return nodes, overrides
 
 
 def run_flower(cfg: ExperimentConfig, config: str | None, overrides: Sequence[str],

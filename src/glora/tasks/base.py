@@ -94,11 +94,12 @@ class Task(Protocol):
         server that holds no data; a :class:`ConfigError` names a key the data would have told."""
 
     def write_partitions(self, cfg: ExperimentConfig, folder: Path,
-                         ) -> tuple[list[tuple[Path, Path]], list[str]]:
-        """Each client's ``(training, test)`` files under ``folder``, readable as node data
-        (``data-path``, ``test-path``) in the order :meth:`prepare` gives its examples, and the
-        ``key=value`` overrides a server without data needs (:meth:`model_spec`); a
-        :class:`ConfigError` where the task's data cannot be written so."""
+                         ) -> tuple[list[dict[str, str]], list[str]]:
+        """Each client's data under ``folder/client-<i>/``, as its node reads it: the node
+        config (``data-path``, ``test-path``) of each client, whose data then prepare as
+        :meth:`prepare` gives that client's, and the ``key=value`` overrides of the run (a
+        server without data needs :meth:`model_spec`'s keys); a :class:`ConfigError` where the
+        task's data cannot be written so."""
 
     def adapter_readme(self, info: dict[str, Any]) -> str:
         """README of an exported adapter folder (how to load it), from its ``glora.json``."""

@@ -10,7 +10,9 @@ The default backbone is the packaged SmolLM2-135M-Instruct (:func:`glora.backbon
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +39,11 @@ LM_OPTIONS: dict[str, Any] = {
     "chat": None,  # use the tokenizer's chat template (None: when it has one)
     "tasks": None,  # only these task names (None: all)
 }
+
+
+def _source(name: str) -> str | None:
+    """The task folder ``data.dataset`` names (``None``: the packaged BIG-bench tasks)."""
+    return name.split(":", 1)[1] if ":" in name else None
 
 
 def is_lm_dataset(name: str | None) -> bool:
@@ -191,8 +198,7 @@ class CausalLMTask:
         from glora.data.natural_instructions import load_natural_instructions
 
         opts = lm_options(cfg)
-        name = cfg.data.dataset
-        source = name.split(":", 1)[1] if ":" in name else None
+        source = _source(cfg.data.dataset)
         if cfg.data.partition != "task":
             raise ConfigError(f"{DATASET_PREFIX} is partitioned by task (task heterogeneity); "
                               f"set `data.partition: task` (got {cfg.data.partition!r}).")
@@ -221,10 +227,37 @@ class CausalLMTask:
     def model_spec(self, cfg: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
         return lora_spec(self.name, cfg), ("rougeL",)
 
-    def write_partitions(self, cfg: Any, folder: Any) -> tuple[list[Any], list[str]]:
-        raise ConfigError(f"{DATASET_PREFIX} partitions are not written as node files; give "
-                          f"each SuperNode `data-path={DATASET_PREFIX}:<folder of its task "
-                          "files>` and run on your SuperLink.")
+    def write_partitions(self, cfg: Any, folder: Path) -> tuple[list[dict[str, str]], list[str]]:
+        """Each client's seen tasks as Super-NaturalInstructions files in ``client-<i>/``, every
+        example in source order, so the node draws the same test and training examples per task
+        (the draws are per task); the override ``unseen: 0`` keeps each node from holding out
+        some of its own tasks (the run's unseen tasks are on no node)."""
+        from glora.data import partition
+        from glora.data.natural_instructions import (fetch_bigbench_tasks,
+                                                     load_natural_instructions, load_task_file,
+                                                     task_files)
+
+        opts, source = lm_options(cfg), _source(cfg.data.dataset)
+        splits = load_natural_instructions(source, unseen=opts["unseen"],
+                                           train_per_task=opts["train_per_task"],
+                                           test_per_task=opts["test_per_task"],
+                                           tasks=opts["tasks"], seed=cfg.seed)
+        parts = partition.by_task(splits.train.tasks, cfg.data.num_clients, cfg.seed)
+        examples: dict[str, list[Any]] = {}
+        for f in task_files(source) if source is not None else fetch_bigbench_tasks():
+            for e in load_task_file(f):
+                examples.setdefault(e.task, []).append(e)
+        nodes = []
+        for i, part in enumerate(parts):
+            (folder / f"client-{i}").mkdir(parents=True, exist_ok=True)
+            for task in sorted({splits.train.tasks[j] for j in part}):
+                ex = examples[task]
+                (folder / f"client-{i}" / f"{task}.json").write_text(json.dumps(
+                    {"Definition": ex[0].instruction,
+                     "Instances": [{"input": e.input, "output": list(e.outputs)} for e in ex]}))
+            nodes.append({"data-path": f"{DATASET_PREFIX}:{folder / f'client-{i}'}"})
+        flow = json.dumps({**dict(cfg.data.options or {}), "unseen": 0})
+        return nodes, [f"data.options={flow}"]
 
     def adapter_readme(self, info: dict[str, Any]) -> str:
         packaged = info["base_model"] is None

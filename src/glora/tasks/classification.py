@@ -178,7 +178,7 @@ class ClassificationTask:
                                   test=tokenize(tokenizer, test, cfg.data.max_length))
 
     def write_partitions(self, cfg: Any, folder: Path,
-                         ) -> tuple[list[tuple[Path, Path]], list[str]]:
+                         ) -> tuple[list[dict[str, str]], list[str]]:
         """Each client's training and test examples as ``client-<i>/{train,test}.jsonl``
         (``text``, ``label`` as a class id), in the order :meth:`prepare` gives them, and the
         number of classes (``data.num_labels``)."""
@@ -186,7 +186,7 @@ class ClassificationTask:
         if train.text_pairs is not None or train.task_type == "regression":
             raise ConfigError(f"{cfg.data.dataset!r}: only single-sentence classification is "
                               "written as node files; give each node its own file instead.")
-        paths = []
+        nodes = []
         for i, (part, test_part) in enumerate(zip(parts, test_parts, strict=True)):
             (folder / f"client-{i}").mkdir(parents=True, exist_ok=True)
             files = folder / f"client-{i}" / "train.jsonl", folder / f"client-{i}" / "test.jsonl"
@@ -194,8 +194,8 @@ class ClassificationTask:
                 path.write_text("".join(json.dumps({"text": data.texts[j],
                                                     "label": int(data.labels[j])}) + "\n"
                                         for j in idx))
-            paths.append(files)
-        return paths, [f"data.num_labels={cfg.data.num_labels or train.num_labels}"]
+            nodes.append({"data-path": str(files[0]), "test-path": str(files[1])})
+        return nodes, [f"data.num_labels={cfg.data.num_labels or train.num_labels}"]
 
     def _split(self, cfg: Any) -> tuple[Any, Any, list[list[int]], list[list[int]]]:
         """Training and (capped) test sets, with each client's indices into them."""
