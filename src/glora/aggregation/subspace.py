@@ -1,7 +1,12 @@
 """Top eigenpairs of a symmetric positive semi-definite operator known only through products.
 
-Block subspace iteration with a Rayleigh-Ritz step each iteration, from a seeded Gaussian start:
-deterministic for a seed, and independent of how the operator is written down, so an operator
+Restarted block Krylov with Rayleigh-Ritz, from a seeded Gaussian start: a cycle applies ``K``
+``depth`` times to build the orthonormal basis of ``[X, K X, ..., K^(depth-1) X]``, takes the Ritz
+pairs of ``K`` on all of it (the products are kept, so no product is spent on the Ritz step) and
+restarts from the top ``block`` Ritz vectors. Over a Krylov space, the error in a direction falls
+with the square root of the relative eigengap where subspace iteration's (``depth = 1``) falls
+with the gap itself, so small gaps (GLoRA's uniform vote) take far fewer products.
+Deterministic for a seed, and independent of how the operator is written down, so an operator
 that does not depend on the clients' gauges (GLoRA's ``K``) gives gauge-independent eigenpairs up
 to rounding. It stops once every wanted Ritz pair's residual ``||K v - lam v||`` is below
 ``tol * lam_1``, or after ``max_iter`` products.
@@ -15,6 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+#: Blocks of the Krylov basis per cycle (products with ``K`` between restarts). Measured on
+#: GLoRA's ``K`` (d = 768-1024, N = 10-100, R = 8-16, float64): depth 4 took 28-112 products,
+#: 8 took 5-56, 16 took 5-32; plain subspace iteration (one block) did not converge in 400 on
+#: the smaller gaps. The basis holds ``depth * block`` vectors of length ``d``.
+DEPTH = 8
+
 
 @dataclass(frozen=True)
 class RitzPairs:
@@ -23,25 +34,48 @@ class RitzPairs:
     values: Tensor  # q, float64
     vectors: Tensor  # d x q, float64
     residuals: Tensor  # q: ||K v_j - lam_j v_j||_2
-    iterations: int
+    iterations: int  # products with K (each of one block)
+
+
+def _extend(basis: Tensor, Y: Tensor) -> Tensor:
+    """An orthonormal basis of the part of ``Y``'s span outside ``basis`` (columns orthonormal),
+    by two rounds of block Gram-Schmidt; directions that were (numerically) inside it are
+    dropped, so the result may have fewer columns, or none once the Krylov space is exhausted."""
+    scale = float(Y.norm(dim=0).max()) if Y.numel() else 0.0
+    for _ in range(2):
+        Y = Y - basis @ (basis.mT @ Y)
+    U, S, _ = torch.linalg.svd(Y, full_matrices=False)
+    return U[:, S > 1e-10 * max(scale, 1e-300)]
 
 
 def top_eigenpairs(apply: Callable[[Tensor], Tensor], d: int, wanted: int, block: int, seed: int,
-                   tol: float, max_iter: int) -> RitzPairs:
+                   tol: float, max_iter: int, depth: int = DEPTH) -> RitzPairs:
     """Ritz approximations of the top ``block`` eigenpairs of ``K`` (``apply(X) = K X`` for
     ``X`` of shape ``d x q``, float64); iterates until the top ``wanted`` residuals are at most
-    ``tol * lam_1``."""
+    ``tol * lam_1``, or ``max_iter`` products were taken."""
+    if depth < 2:
+        raise ValueError(f"`depth` must be at least 2 (one block does not move), got {depth}.")
     g = torch.Generator().manual_seed(seed)
     X = torch.linalg.qr(torch.randn(d, block, generator=g, dtype=torch.float64))[0]
-    for it in range(1, max_iter + 1):
-        Y = apply(X)  # K X
-        T = X.mT @ Y
+    products = 0
+    while True:
+        blocks, images = [X], []
+        for j in range(depth):
+            images.append(apply(blocks[j]))
+            products += 1
+            if j + 1 == depth or products == max_iter:
+                break
+            nxt = _extend(torch.cat(blocks, 1), images[-1])
+            if nxt.shape[1] == 0:
+                break
+            blocks.append(nxt)
+        basis, image = torch.cat(blocks, 1), torch.cat(images, 1)
+        T = basis.mT @ image
         lam, W = torch.linalg.eigh((T + T.mT) / 2)
-        lam, W = lam.flip(0), W.flip(1)
-        V, KV = X @ W, Y @ W
+        lam, W = lam.flip(0)[:block], W.flip(1)[:, :block]
+        V, KV = basis @ W, image @ W
         residuals = (KV - V * lam).norm(dim=0)
         top = float(lam[0]) if float(lam[0]) > 0 else 1.0
-        if it == max_iter or bool((residuals[:wanted] <= tol * top).all()):
-            return RitzPairs(lam, V, residuals, it)
-        X = torch.linalg.qr(KV)[0]
-    raise AssertionError("unreachable")  # the loop returns at max_iter
+        if products >= max_iter or bool((residuals[:wanted] <= tol * top).all()):
+            return RitzPairs(lam, V, residuals, products)
+        X = V
