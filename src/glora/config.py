@@ -134,6 +134,8 @@ class ServerConfig:
     max_examples: int | None = None  # reject a reply claiming more training examples than this
     clip_norm: float | None = None  # scale a reply's update down to ||s B A||_F <= this per layer
     max_client_weight: float | None = None  # cap on one client's share of a round's weight
+    # Where the aggregation runs (`cpu`, `auto`, `cuda[:N]`, `mps`); states come back to the CPU.
+    device: str = "cpu"
 
 
 @dataclass
@@ -165,7 +167,7 @@ IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.dp_epsilon": None, "train.dp_max_grad_norm": 1.0,
                   "train.dp_delta": 1e-5, "server.norm_factor": 10.0,
                   "data.num_labels": None, "eval.federated": False, "eval.server_data": None,
-                  "model.dtype": "fp32"}
+                  "model.dtype": "fp32", "server.device": "cpu"}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -232,7 +234,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> 
 
 def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
     from glora.aggregation import get_method, methods
-    from glora.devices import PRECISIONS, resolve_device
+    from glora.devices import DEVICES, PRECISIONS, is_device_name, resolve_device
 
     if cfg.train.precision not in PRECISIONS:
         problems.append(f"`train.precision` must be one of {list(PRECISIONS)}, got "
@@ -248,6 +250,9 @@ def _validate(cfg: ExperimentConfig, problems: list[str]) -> None:
         resolve_device(cfg.train.device)
     except ConfigError as err:
         problems.append(str(err))
+    if not is_device_name(cfg.server.device):  # present where the server runs: checked there
+        problems.append(f"`server.device` must be one of {list(DEVICES)}, got "
+                        f"{cfg.server.device!r}.")
     _validate_dp(cfg.train, problems)
     if not 1 <= cfg.train.grad_accum_steps <= max(cfg.train.batch_size, 1):
         problems.append(f"`train.grad_accum_steps` must be between 1 and `train.batch_size` "

@@ -33,6 +33,11 @@ def available() -> str:
     return ", ".join(found)
 
 
+def is_device_name(spec: str) -> bool:
+    """Whether ``spec`` is one of :data:`DEVICES` (``cuda:N`` with any index), present or not."""
+    return bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", spec))
+
+
 def resolve_device(spec: str, key: str = "train.device") -> torch.device:
     """The device ``spec`` names; ``auto`` is the first of CUDA, MPS and the CPU that exists.
 

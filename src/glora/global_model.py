@@ -8,7 +8,7 @@ keeps it local (FedSA-LoRA).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -178,20 +178,25 @@ def shadow(model: GlobalModel, replies: list[ClientReply], rank: int) -> dict[st
 
 
 def aggregate_model(previous: GlobalModel, replies: list[ClientReply], *,
-                    merge: bool = True) -> GlobalModel:
+                    merge: bool = True, device: str | torch.device = "cpu") -> GlobalModel:
     """One server step over every layer; returns a new :class:`GlobalModel` (``previous`` intact).
 
     ``merge=False`` stops after the server's own work: this round's base updates are left out
     of ``base`` (it is ``previous``'s) for :func:`merge_base` to fold, so a caller can time the
-    clients' part of the protocol apart from the server's.
+    clients' part of the protocol apart from the server's. ``device`` is where each layer's
+    aggregation runs (``server.device``: the core is plain torch); the states come back to the
+    CPU, so checkpoints load anywhere.
 
     Raises:
         InvalidUpdateError: naming the layer and the client (its index in ``replies``).
     """
     layers: dict[str, ServerState] = {}
+    device = torch.device(device)
     for key, updates in layer_updates(replies).items():
+        if device.type != "cpu":
+            updates = [replace(u, B=u.B.to(device), A=u.A.to(device)) for u in updates]
         try:
-            layers[key] = aggregate(previous.method, updates, **previous.options)
+            layers[key] = on_cpu(aggregate(previous.method, updates, **previous.options))
         except InvalidUpdateError as err:
             raise InvalidUpdateError(err.reason, err.client, key) from None
     # Heads are averaged for every method; where the method keeps heads local (FedSA-LoRA) this
@@ -200,6 +205,13 @@ def aggregate_model(previous: GlobalModel, replies: list[ClientReply], *,
     model = GlobalModel(previous.method, dict(previous.options), previous.round + 1, layers,
                         dict(previous.base), head)
     return merge_base(model) if merge else model
+
+
+def on_cpu(state: ServerState) -> ServerState:
+    """``state`` with every tensor field on the CPU (the same object where all already are)."""
+    moved = {f.name: v.cpu() for f in fields(state)
+             if isinstance(v := getattr(state, f.name), Tensor) and v.device.type != "cpu"}
+    return replace(state, **moved) if moved else state
 
 
 def merge_base(model: GlobalModel) -> GlobalModel:

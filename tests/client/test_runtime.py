@@ -12,6 +12,7 @@ from glora.config import load_config
 from glora.contract import TrainTask
 from glora.devices import resolve_device, worker_device
 from glora.errors import ConfigError
+from glora.federation.server import FederatedServer
 from glora.tasks.classification import logits
 from glora.tasks.tokenize import batch_inputs
 from glora.training.cache import ModelCache
@@ -67,6 +68,19 @@ def test_a_config_asking_for_an_absent_gpu_is_refused_before_training(monkeypatc
         load_config(None, ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="`train.grad_accum_steps` must be between 1 and"):
         load_config(None, ["train.batch_size=4", "train.grad_accum_steps=5"])
+
+
+def test_server_device_is_named_in_the_config_and_checked_where_the_server_runs(monkeypatch):
+    """`server.device`: a bad name fails the config; an absent GPU fails the server (not the
+    nodes that share the config); the CPU aggregation gives states on the CPU."""
+    with pytest.raises(ConfigError, match=r"`server.device` must be one of"):
+        load_config(None, ["server.device=tpu"])
+    cfg = load_config(None, ["server.device=cuda:3", "methods=[glora]"])  # a node may load this
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"`server.device` is 'cuda:3', but this machine has no"):
+        FederatedServer(cfg, "glora", None)
+    assert FederatedServer(load_config(None, ["server.device=auto"]), "glora", None).device == \
+        torch.device("cpu")
 
 
 # -- precision and memory ---------------------------------------------------------------------

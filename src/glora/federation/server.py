@@ -21,6 +21,7 @@ from glora import robust, validation
 from glora.aggregation import ServerState, get_method
 from glora.config import ExperimentConfig
 from glora.contract import TrainTask
+from glora.devices import resolve_device
 from glora.errors import AggregationError, InvalidUpdateError
 from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, merge_base,
                                 shadow, split_adapter, upload_bytes)
@@ -100,6 +101,7 @@ class FederatedServer:
         self.spec = get_method(method)
         self.ranks, self.label = plan.method_ranks(cfg, method)
         self.examples = examples
+        self.device = resolve_device(cfg.server.device, "server.device")
         self.noise = plan.dp_noise(cfg, examples)
         self.state = RunState(GlobalModel(method, plan.method_options(cfg, method, self.ranks)),
                               schema=schema)
@@ -190,7 +192,8 @@ class FederatedServer:
                     f"at round {t}.")
             guarded = self._guard(accepted)
             try:
-                new_model = aggregate_model(self.state.model, guarded, merge=False)
+                new_model = aggregate_model(self.state.model, guarded, merge=False,
+                                            device=self.device)
                 break
             except InvalidUpdateError as err:  # one client's update the method cannot take
                 if err.client is None:
