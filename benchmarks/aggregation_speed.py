@@ -177,7 +177,7 @@ def method_variants(diagnostics: bool = True) -> list[tuple[str, str, dict[str, 
                     ("glora energy", name, {"consensus": "energy"}),
                     ("glora two-sided", name, {"two_sided": True})]
             if "solver" in fields:
-                out.append(("glora uniform, randomized", name, {"solver": "randomized"}))
+                out.append(("glora randomized", name, {"solver": "randomized"}))
             if diagnostics and "tie_rtol" in fields:
                 out.append(("glora uniform, no tie-break (diagnostic)", name, {"tie_rtol": 0.0}))
         elif name == "flexlora" and "path" in fields:
@@ -343,9 +343,39 @@ def run_setting(d: int, n: int, Rs: list[int], dtype: torch.dtype, args, log) ->
             row.readout = ro
             row.seconds, row.fastest, row.repeats, row.peak = secs, fastest, reps, peak
             row.notes += caught
+            if label in EXACT_OF and not args.no_errors:
+                row.notes.append(solver_error(name, options, EXACT_OF[label], variants, updates,
+                                              frozen, R, args.exact_max_n >= n))
             rows.append(row)
             log(row)
     return rows
+
+
+#: A randomized variant -> the exact variant it approximates (its error is measured against it).
+EXACT_OF = {"glora randomized": "glora uniform",
+            "flexlora randomized": "flexlora factored"}
+
+
+def solver_error(name: str, options: dict[str, Any], exact_label: str, variants, updates, frozen,
+                 R: int, with_exact: bool) -> str:
+    """The randomized update's relative Frobenius error against the exact one (one untimed call
+    each), beside what the solver reports: GLoRA's ``error_estimate`` (its a-posteriori bound),
+    FlexLoRA's relative residual, and the products taken."""
+    def state(opts):
+        return method_call(name, opts, updates, frozen, R, [], Case("", None))()[0]
+
+    fast = state(options)
+    info = fast.info
+    told = (f"estimate {info['error_estimate']:.1e}" if "error_estimate" in info
+            else f"residual {info.get('residual', float('nan')):.1e}")
+    told += f", {info.get('iterations', '?')} products"
+    if not with_exact:
+        return f"{told}; exact not run (N > --exact-max-n)"
+    exact_options = next(o for label, _, o in variants if label == exact_label) \
+        if any(label == exact_label for label, _, _ in variants) else {}
+    exact = state(exact_options).delta().double()
+    error = float((fast.delta().double() - exact).norm() / exact.norm())
+    return f"error vs {exact_label} {error:.1e}; {told}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", choices=("shared", "independent"), default="shared",
                    help="client factors: shared start + 50%% noise (default) or unrelated")
+    p.add_argument("--no-errors", action="store_true",
+                   help="skip the randomized variants' error against the exact ones")
+    p.add_argument("--exact-max-n", type=int, default=1000,
+                   help="above this N the exact reference of an error is not run (default 1000)")
     p.add_argument("--no-diagnostics", action="store_true",
                    help="omit the diagnostic row (glora uniform with tie_rtol=0: no tie-break)")
     p.add_argument("--quick", action="store_true",

@@ -59,11 +59,11 @@ class LocalFederation:
     SuperNode ``i`` gets ``--node-config "partition-id=i num-partitions=num_nodes"`` and then
     ``node_config[i]``, where given (``data-path`` and ``test-path``, the files it alone reads).
     With ``registered``, the SuperLink admits only authenticated SuperNodes
-    (``--enable-supernode-auth``): every node gets an ECDSA key pair under ``workdir/keys``,
-    and only the keys of the nodes listed are registered (``flwr supernode register``), so the
-    others are refused. Processes run in sessions of their own (Ctrl-C reaches only this process, which then stops them), with
-    logs in ``workdir``; nodes sharing this machine get
-    ``OMP_NUM_THREADS = cores // num_nodes`` (at least 1), like the simulator's worker processes.
+    (``--enable-supernode-auth``): every node gets an ECDSA key pair under ``workdir/keys``, and
+    only the keys of the nodes listed are registered (``flwr supernode register``), so the others
+    are refused. Processes run in sessions of their own (Ctrl-C reaches only this process, which
+    then stops them), with logs in ``workdir``; nodes sharing this machine get ``OMP_NUM_THREADS =
+    cores // num_nodes`` (at least 1), like the simulator's worker processes.
 
     >>> with LocalFederation(Path("/tmp/fl"), num_nodes=3) as fed:
     ...     run_app(app_dir, fed.address, fed.certificates.ca, run_config={}, home=fed.home)
