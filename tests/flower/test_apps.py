@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 
 from glora.config import load_config
 from glora.errors import AggregationError, ConfigError
-from glora.flower import server_app
+from glora.flower import client_app, server_app
 from glora.flower.run_config import RunOptions
 from glora.federation.server import load_state
 from glora.sim.experiment import run_experiment
@@ -187,6 +187,16 @@ def test_nodes_with_unusable_partitions_are_ignored(overrides: list[str], fed: F
     s._discover(grid, ask_silent=False)
     # Assert
     assert s.partitions == {100: 0, 101: 1, 104: 2}
+
+
+def test_a_node_without_its_data_path_says_how_to_start_it(overrides: list[str], fed: Fed,
+                                                            tmp_path: Path) -> None:
+    grid = fed(tmp_path)
+    node = next(iter(grid.contexts.values()))
+    del node.node_config["data-path"]
+    with pytest.raises(ValueError, match=r"no `data-path`; start it with --node-config "
+                                         r"'partition-id=<i> data-path="):
+        client_app._node_data(node)
 
 
 def test_run_options_are_checked_together() -> None:
