@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,22 @@ def test_the_readme_tables_equal_what_their_runs_give(capsys, monkeypatch):
         fresh = capsys.readouterr().out.strip().splitlines()
         after = readme.split(f"<!-- {command} -->\n", 1)[1].splitlines()
         assert after[:len(fresh)] == fresh, f"README: rebuild the table with `{command}`"
+
+
+GAUGE = re.compile(r"`(glora gauge [^`]+ --report output_dir=(results/[\w./-]+))`")
+
+
+def test_the_gauge_page_equals_what_its_store_gives(tmp_path, monkeypatch):
+    """docs/gauge.md's table is `glora gauge --report` over its committed store (a copy: the
+    report writes its table into the store)."""
+    monkeypatch.chdir(ROOT)
+    page = ROOT / "docs" / "gauge.md"
+    command, store = GAUGE.search(" ".join(page.read_text().split())).groups()
+    copy = tmp_path / "store"
+    shutil.copytree(ROOT / store, copy, ignore=shutil.ignore_patterns("checkpoint.pt", "gauge.md"))
+    args = shlex.split(command)[1:]
+    args[-1] = f"output_dir={copy}"
+    assert main(args) == 0
+    fresh = tables((copy / "gauge" / "gauge.md").read_text())
+    assert fresh and tables(page.read_text())[:len(fresh)] == fresh, (
+        f"docs/gauge.md differs from `{command}`; rebuild it with that command.")
