@@ -51,7 +51,23 @@ def test_an_unconverged_iteration_warns_and_bad_options_are_named():
     ups = clients()
     with pytest.warns(UserWarning, match="randomized solver stopped after 1 products"):
         glora.aggregate("glora", ups, rank=8, max_iter=1, **RANDOMIZED)
-    with pytest.raises(ConfigError, match=r"`solver` must be one of \('exact', 'randomized'\)"):
+    with pytest.raises(ConfigError, match=r"`solver` must be one of \('auto', 'exact', "):
         glora.aggregate("glora", ups, solver="lanczos")
     with pytest.raises(ConfigError, match="`max_iter` must be a positive integer"):
         glora.aggregate("glora", ups, max_iter=0, **RANDOMIZED)
+
+
+def test_auto_runs_the_exact_solver_up_to_the_threshold_and_the_randomized_one_beyond(
+        monkeypatch):
+    """`solver="auto"` (the default) by the number of client directions m = sum r_i: exact at
+    m <= AUTO_EXACT_MAX, randomized beyond; the same update either way (clear eigengap)."""
+    from glora.aggregation import glora as module
+
+    ups = clients()
+    m = sum(u.rank for u in ups)
+    small = glora.aggregate("glora", ups, rank=8)
+    assert small.info["solver"] == "exact" and m <= module.AUTO_EXACT_MAX
+    monkeypatch.setattr(module, "AUTO_EXACT_MAX", m - 1)
+    large = glora.aggregate("glora", ups, rank=8)
+    assert large.info["solver"] == "randomized"
+    assert rel(large.delta(), small.delta()) <= large.info["error_estimate"]

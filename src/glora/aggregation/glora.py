@@ -35,7 +35,12 @@ from .base import ClientUpdate, RandomizedOptions, ServerState
 from .registry import MethodSpec, register_method
 
 CONSENSUS = ("uniform", "energy")
-SOLVERS = ("exact", "randomized")
+SOLVERS = ("auto", "exact", "randomized")
+#: ``solver="auto"`` takes the exact solver up to this many client directions (``m = sum r_i``
+#: over the clients with a nonzero update), the randomized one beyond. Measured at d = 1024 and
+#: 4096, R = 16, one thread (benchmarks/results/solver_crossover.md): at m = 2048 the exact
+#: solver was 1.4x-3.7x faster, at m = 4096 the randomized one 2.3x-3.8x faster.
+AUTO_EXACT_MAX = 2048
 #: Default tie tolerance in machine epsilons, by dtype (see ``GLoRAConfig.tie_rtol``).
 DEFAULT_TIE_ULPS = {torch.float64: 1000.0, torch.float32: 100.0}
 
@@ -69,20 +74,22 @@ class GLoRAConfig(RandomizedOptions):
             not tied: on the benchmark's clients (d=4096, N=100, r=8, R=16) the float32 result
             changed by <= 1.5e-5 under gauges of condition <= 1e3 without a tie-break, whereas
             the square root of eps (3e-4) tied ~790 of them.
-        solver (`str`, defaults to `"exact"`): how ``K``'s top eigenvectors are found:
+        solver (`str`, defaults to `"auto"`): how ``K``'s top eigenvectors are found:
             ``"exact"``, the eigenpairs of the Gram matrix of all client directions
-            (``O(d m^2)`` for ``m = sum r_i`` directions); ``"randomized"``, a seeded block
-            subspace iteration on products with ``K`` (``O(d m q)`` each, ``q = R + oversample``;
-            options ``seed``, ``solver_tol``, ``max_iter``, ``oversample`` of
-            :class:`~glora.aggregation.base.RandomizedOptions`), which reports its residual, the
-            eigengap and an error estimate of the update in ``info``.
+            (``O(d m^2)`` for ``m = sum r_i`` directions, ``O(m^2)`` memory); ``"randomized"``,
+            a seeded restarted block Krylov iteration on products with ``K`` (``O(d m q)``
+            each, ``q = R + oversample``, ``O(d q)`` memory; options ``seed``, ``solver_tol``,
+            ``max_iter``, ``oversample`` of :class:`~glora.aggregation.base.RandomizedOptions`),
+            which reports its products, residual, eigengap and an error estimate of the update
+            in ``info``; ``"auto"``, exact up to :data:`AUTO_EXACT_MAX` directions, randomized
+            beyond (``info["solver"]`` says which ran).
     """
 
     rank: int | None = None
     consensus: str = "uniform"
     two_sided: bool = False
     tie_rtol: float | None = None
-    solver: str = "exact"
+    solver: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -286,20 +293,25 @@ def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,
     built from the clients' coordinates in row slabs), eigenpairs ``(lam, v)`` of ``Z^T Z`` give
     ``K``'s eigenvectors ``Z v / sqrt(lam)``. Only the top ``rank + EXTRA_EIGENPAIRS`` eigenpairs
     are computed, more if a tied block runs past them (the Gram matrix is rebuilt).
-    ``solver="randomized"``: Ritz pairs of a seeded subspace iteration on ``X -> Z (Z^T X)``
-    (:func:`_randomized`). Either way, where eigenvalues closer than ``tie_rtol * lam_1``
+    ``solver="randomized"``: Ritz pairs of a seeded block Krylov iteration on
+    ``X -> Z (Z^T X)`` (:func:`_randomized`); ``"auto"``: exact up to :data:`AUTO_EXACT_MAX`
+    directions. Either way, where eigenvalues closer than ``tie_rtol * lam_1``
     straddle ``rank``, the tied block is ordered by the exact average (:func:`_tie_order`), not
     by arithmetic noise.
 
     Returns ``U_ref`` (``d x R'``, ``R' <= rank``, capped at the numerical rank) and an info dict.
     """
     dtype = spaces[0].factor.dtype
-    if config is not None and config.solver == "randomized":
+    m = sum(s.coords.shape[1] for s in spaces)
+    solver = "exact" if config is None else config.solver
+    if solver == "auto":
+        solver = "exact" if m <= AUTO_EXACT_MAX else "randomized"
+    if solver == "randomized":
+        assert config is not None
         lam, directions, extra = _randomized(spaces, rank, config)
         R, numerical_rank = _rank(lam, rank, dtype)
         lo, hi = _tied_block(lam, R, numerical_rank, tie_rtol * float(lam[0]))
     else:
-        m = sum(s.coords.shape[1] for s in spaces)
         k = min(m, rank + EXTRA_EIGENPAIRS)
         while True:
             lam, vec = _top_eigh(_gram(spaces), k)  # descending; k, m x k
@@ -346,8 +358,8 @@ def _tied_block(lam: Tensor, R: int, numerical_rank: int, tol: float) -> tuple[i
 
 def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
                 ) -> tuple[Tensor, Tensor, dict]:
-    """Ritz values and vectors (``d x q``) of ``K`` from a seeded subspace iteration, and what the
-    iteration reports: its products, the largest relative residual of the ``R`` wanted pairs and
+    """Ritz values and vectors (``d x q``) of ``K`` from a seeded block Krylov iteration, and what
+    the iteration reports: its products, the largest relative residual of the ``R`` wanted pairs and
     a Davis-Kahan bound on the sine of the angle between their span and ``K``'s top-``R``
     eigenspace (``||residuals||_F / gap``, the gap from the Ritz values less the next residual)."""
     d = spaces[0].factor.shape[0]
