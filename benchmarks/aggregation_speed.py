@@ -173,7 +173,8 @@ def method_variants(diagnostics: bool = True) -> list[tuple[str, str, dict[str, 
     for name in glora.methods():
         fields = _spec_fields(name)
         if name == "glora":
-            out += [("glora uniform", name, {}),
+            exact = {"solver": "exact"} if "solver" in fields else {}
+            out += [("glora uniform", name, exact),
                     ("glora energy", name, {"consensus": "energy"}),
                     ("glora two-sided", name, {"two_sided": True})]
             if "solver" in fields:
@@ -344,8 +345,8 @@ def run_setting(d: int, n: int, Rs: list[int], dtype: torch.dtype, args, log) ->
             row.seconds, row.fastest, row.repeats, row.peak = secs, fastest, reps, peak
             row.notes += caught
             if label in EXACT_OF and not args.no_errors:
-                row.notes.append(solver_error(name, options, EXACT_OF[label], variants, updates,
-                                              frozen, R, args.exact_max_n >= n))
+                row.notes.append(solver_error(name, options, EXACT_OF[label], updates, frozen, R,
+                                              args.exact_max_n >= n))
             rows.append(row)
             log(row)
     return rows
@@ -356,8 +357,8 @@ EXACT_OF = {"glora randomized": "glora uniform",
             "flexlora randomized": "flexlora factored"}
 
 
-def solver_error(name: str, options: dict[str, Any], exact_label: str, variants, updates, frozen,
-                 R: int, with_exact: bool) -> str:
+def solver_error(name: str, options: dict[str, Any], exact_label: str, updates, frozen, R: int,
+                 with_exact: bool) -> str:
     """The randomized update's relative Frobenius error against the exact one (one untimed call
     each), beside what the solver reports: GLoRA's ``error_estimate`` (its a-posteriori bound),
     FlexLoRA's relative residual, and the products taken."""
@@ -371,8 +372,7 @@ def solver_error(name: str, options: dict[str, Any], exact_label: str, variants,
     told += f", {info.get('iterations', '?')} products"
     if not with_exact:
         return f"{told}; exact not run (N > --exact-max-n)"
-    exact_options = next(o for label, _, o in variants if label == exact_label) \
-        if any(label == exact_label for label, _, _ in variants) else {}
+    exact_options = next(o for label, _, o in method_variants() if label == exact_label)
     exact = state(exact_options).delta().double()
     error = float((fast.delta().double() - exact).norm() / exact.norm())
     return f"error vs {exact_label} {error:.1e}; {told}"
