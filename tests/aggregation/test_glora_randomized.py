@@ -45,6 +45,7 @@ def test_ties_are_broken_by_the_update_as_in_the_exact_path():
     exact = glora.aggregate("glora", ups, rank=3)
     fast = glora.aggregate("glora", ups, rank=3, **RANDOMIZED)
     assert fast.info["tie_broken"] and rel(fast.delta(), exact.delta()) < 1e-8
+    assert fast.info["error_estimate"] == float("inf")  # the tie-break, not K, chose the subspace
 
 
 def test_an_unconverged_iteration_warns_and_bad_options_are_named():
