@@ -61,6 +61,10 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith("loss")
 
 
+#: A half-width at most this is zero: equal differences leave float rounding, not spread.
+ZERO_WIDTH = 1e-12
+
+
 @dataclass(frozen=True)
 class Paired:
     """Paired differences over seeds: their mean, the half-width of its 95% t-interval
@@ -72,8 +76,10 @@ class Paired:
 
     @property
     def significant(self) -> bool:
-        """Whether the interval excludes zero."""
-        return self.half is not None and abs(self.mean) > self.half
+        """Whether the interval excludes zero. A zero-width interval (every pair differed by the
+        same amount, which a finite test set makes possible at few seeds) estimates no spread,
+        so it is not called significant."""
+        return self.half is not None and ZERO_WIDTH < self.half < abs(self.mean)
 
 
 def paired(reference: dict[int, float], other: dict[int, float]) -> Paired | None:
@@ -264,7 +270,7 @@ def _header(sweep: Sweep, outcomes: list[Outcome], store: Path, metrics: list[st
     failed = sum(o.error is not None for o in outcomes)
     pairing = (f" Comparisons are paired by seed: `{reference}` − X, mean difference with its "
                "95% Student-t interval over the seeds both finished (n = pairs); an interval "
-               "that excludes zero is called significant, nothing else is."
+               "of nonzero width that excludes zero is called significant, nothing else is."
                if reference else " No reference variant: no paired comparison.")
     return [f"# Sweep report: {sweep.name}", "",
             f"Store `{store}`: {len(outcomes)} runs, {done} finished, {failed} failed, "
