@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+#: Prefix of the metrics of federated evaluation (the clients score the global model).
+FEDERATED = "federated_"
+#: What a round record's evaluation keys start with: the server's held-out set, the clients' own
+#: models (FedSA-LoRA), federated evaluation.
+EVAL_PREFIXES = ("global_", "personal_", FEDERATED)
+
 
 def read_history(method_dir: Path) -> list[dict]:
     path = method_dir / "metrics.jsonl"
@@ -12,7 +18,7 @@ def read_history(method_dir: Path) -> list[dict]:
 
 
 def plot_metric(out: Path, methods: list[str], path: Path) -> None:
-    """Every global (and personalized) metric per round, one line per method."""
+    """Every evaluation metric (:data:`EVAL_PREFIXES`) per round, one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +26,7 @@ def plot_metric(out: Path, methods: list[str], path: Path) -> None:
 
     histories = {m: read_history(out / m) for m in methods}
     metrics = sorted({k for h in histories.values() for rec in h for k in rec
-                      if k.startswith(("global_", "personal_")) and isinstance(rec[k], float)})
+                      if k.startswith(EVAL_PREFIXES) and isinstance(rec[k], float)})
     if not metrics:
         return
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)

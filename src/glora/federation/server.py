@@ -28,6 +28,7 @@ from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_mode
 from glora.training import privacy
 
 from . import checkpoint, plan
+from .plots import FEDERATED
 
 log = logging.getLogger("glora.federation.server")
 
@@ -38,8 +39,6 @@ class Evaluator(Protocol):
 
     def test_size(self, client: int) -> int: ...
 
-
-FEDERATED = "federated_"
 
 
 def federated_means(scores: list[tuple[dict[str, float], int]]) -> dict[str, Any]:

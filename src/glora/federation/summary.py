@@ -13,7 +13,7 @@ import yaml
 
 from glora.errors import ConfigError
 
-from .plots import plot_metric, read_history
+from .plots import EVAL_PREFIXES, plot_metric, read_history
 
 UNTUNED_FILE = "untuned.json"
 
@@ -24,11 +24,11 @@ def summarize(label: str, history: list[dict[str, Any]],
     wall time where it is known."""
     hist = history
     row: dict[str, Any] = {"method": label, "rounds": hist[-1]["round"] if hist else 0}
-    evaluated = [h for h in hist if any(k.startswith("global_") for k in h)]
+    evaluated = [h for h in hist if any(k.startswith(EVAL_PREFIXES) for k in h)]
     if evaluated:
         last = evaluated[-1]
         for k, v in last.items():
-            if k.startswith(("global_", "personal_")):
+            if k.startswith(EVAL_PREFIXES) and isinstance(v, float):  # not the client counts
                 row[k] = v
     if hist and "dp_epsilon_max" in hist[-1]:
         row["dp_epsilon_max"] = hist[-1]["dp_epsilon_max"]

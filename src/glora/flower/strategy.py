@@ -33,10 +33,9 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from glora.errors import AggregationError
 from glora.federation import plan, rounds
-from glora.federation.server import FEDERATED, FederatedServer, federated_means
+from glora.federation.plots import EVAL_PREFIXES, FEDERATED
+from glora.federation.server import FederatedServer, federated_means
 from glora.flower import codec
-
-EVAL_PREFIXES = ("global_", "personal_", FEDERATED)
 
 
 def metric_record(record: dict[str, Any], evaluation: bool) -> MetricRecord:
