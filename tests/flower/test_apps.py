@@ -138,6 +138,9 @@ def test_round_with_too_few_answers_is_sent_again(overrides: list[str], fed: Fed
         B, A = final[layer + ".lora_B.weight"], final[layer + ".lora_A.weight"]
         assert torch.allclose(B @ A, delta, atol=1e-5)
     assert all(torch.equal(final[k], v) for k, v in s.server.state.model.head.items())
+    # The nodes' evaluation is the clientapp's (round 2: eval.every=2); the server has no test set
+    assert "federated_accuracy" in result.evaluate_metrics_clientapp[2]
+    assert not result.evaluate_metrics_serverapp
 
 
 def test_a_reply_claiming_more_examples_than_its_node_declared_is_rejected(

@@ -38,10 +38,16 @@ from glora.federation.server import FederatedServer, federated_means
 from glora.flower import codec
 
 
-def metric_record(record: dict[str, Any], evaluation: bool) -> MetricRecord:
-    """The numeric entries of a round record: evaluation metrics, or all the others."""
-    return MetricRecord({k: v for k, v in record.items()
-                         if k.startswith(EVAL_PREFIXES) == evaluation and _numeric(v)})
+#: Evaluation keys of the server's own evaluation (held-out set, FedSA-LoRA's personal models).
+SERVER_EVAL = tuple(p for p in EVAL_PREFIXES if p != FEDERATED)
+
+
+def metric_record(record: dict[str, Any], prefixes: tuple[str, ...] | None = None,
+                  ) -> MetricRecord:
+    """The numeric entries of a round record whose keys start with ``prefixes`` (``None``: the
+    training entries, every key that is no evaluation)."""
+    return MetricRecord({k: v for k, v in record.items() if _numeric(v) and (
+        not k.startswith(EVAL_PREFIXES) if prefixes is None else k.startswith(prefixes))})
 
 
 def _numeric(value: Any) -> bool:
@@ -125,14 +131,13 @@ class GloraStrategy(Strategy):
             record = rounds.retry_round(self.server, attempt, self.checkpoint_path,
                                         " Start the missing SuperNodes and resume.")
             first = False
-            result.train_metrics_clientapp[t] = metric_record(record, evaluation=False)
+            result.train_metrics_clientapp[t] = metric_record(record)
             if self.server.eval_due():
                 record.update(self._evaluate(grid, t))
                 rounds.persist(self.server, self.out)
-                result.evaluate_metrics_clientapp[t] = MetricRecord(
-                    {k: v for k, v in record.items() if k.startswith(FEDERATED) and _numeric(v)})
-            if any(k.startswith(EVAL_PREFIXES[:2]) for k in record):
-                result.evaluate_metrics_serverapp[t] = metric_record(record, evaluation=True)
+                result.evaluate_metrics_clientapp[t] = metric_record(record, (FEDERATED,))
+            if any(k.startswith(SERVER_EVAL) for k in record):
+                result.evaluate_metrics_serverapp[t] = metric_record(record, SERVER_EVAL)
         result.arrays = codec.global_arrays(self.server.state.model)
         return result
 
@@ -165,7 +170,7 @@ class GloraStrategy(Strategy):
         except AggregationError as err:
             log(WARNING, "round %d, attempt %d: %s", server_round, self._attempt, err)
             return None, None
-        return None, metric_record(record, evaluation=False)
+        return None, metric_record(record)
 
     def _aggregate(self, server_round: int, replies: Iterable[Message]) -> dict[str, Any]:
         """Decode the replies, aggregate the valid ones, persist; return the round's record.
