@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import ClientUpdate, FactorState, MethodConfig
-from .registry import MethodSpec, register_method
+from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
@@ -24,4 +24,5 @@ def aggregate_fedit(updates: list[ClientUpdate], p: list[float], config: FedITCo
 
 
 register_method(MethodSpec("fedit", FedITConfig, aggregate_fedit, mixed_ranks=False,
+                           stream=StreamRule(scaled_B=False),
                            paper="https://arxiv.org/abs/2305.05644"))

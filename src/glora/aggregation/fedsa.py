@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import ClientUpdate, FactorState, MethodConfig, average_factors
-from .registry import MethodSpec, register_method
+from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
@@ -30,5 +30,5 @@ def aggregate_fedsa(updates: list[ClientUpdate], p: list[float], config: FedSACo
 
 
 register_method(MethodSpec("fedsa", FedSAConfig, aggregate_fedsa, mixed_ranks=False,
-                           uploads=("A",), local=("B", "head"),
+                           uploads=("A",), local=("B", "head"), stream=StreamRule(),
                            paper="https://arxiv.org/abs/2410.01463"))

@@ -18,7 +18,7 @@ from glora.errors import ConfigError
 
 from . import linalg
 from .base import ClientUpdate, FactorState, MethodConfig, average_factors, check_shared_A
-from .registry import MethodSpec, register_method
+from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
@@ -49,4 +49,5 @@ def aggregate_fedsvd(updates: list[ClientUpdate], p: list[float], config: FedSVD
 
 
 register_method(MethodSpec("fedsvd", FedSVDConfig, aggregate_fedsvd, mixed_ranks=False,
-                           uploads=("B",), frozen=("A",), paper="https://arxiv.org/abs/2505.12805"))
+                           uploads=("B",), frozen=("A",), stream=StreamRule(shared=("A",)),
+                           paper="https://arxiv.org/abs/2505.12805"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from glora.errors import ConfigError
 
 from .base import ClientUpdate, FactorState, MethodConfig, average_factors, check_shared_A
-from .registry import MethodSpec, register_method
+from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
@@ -42,4 +42,5 @@ def aggregate_ffa(updates: list[ClientUpdate], p: list[float], config: FFAConfig
 
 
 register_method(MethodSpec("ffa", FFAConfig, aggregate_ffa, mixed_ranks=False, uploads=("B",),
-                           frozen=("A",), paper="https://arxiv.org/abs/2403.12313"))
+                           frozen=("A",), stream=StreamRule(shared=("A",)),
+                           paper="https://arxiv.org/abs/2403.12313"))

@@ -16,6 +16,23 @@ AggregateFn = Callable[[list[ClientUpdate], list[float], Any], ServerState]
 
 
 @dataclass(frozen=True)
+class StreamRule:
+    """How a method whose aggregate is linear in the factors reduces a round, update by update,
+    to one equivalent update (:class:`~glora.aggregation.accumulator.Accumulator`).
+
+    Args:
+        scaled_B: ``B`` is averaged with weights ``p_i s_i / s`` (:func:`average_factors`), else
+            plainly with ``p_i`` (FedIT).
+        shared: factors every client must hold as client 0 does (within the config's ``rtol``).
+        one_shared: at least one of the factors must be shared by every client (RoLoRA).
+    """
+
+    scaled_B: bool = True
+    shared: tuple[str, ...] = ()
+    one_shared: bool = False
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A registered method.
 
@@ -29,6 +46,8 @@ class MethodSpec:
         alternate: frozen factors by round, in turn (RoLoRA: ``(("A",), ("B",))`` trains ``B``
             in round 1, ``A`` in round 2, ...); empty: ``frozen`` in every round.
         local: parts that stay on the client (FedSA-LoRA keeps ``"B"`` and ``"head"``).
+        stream: how the round folds into running sums as updates arrive; ``None`` when the
+            method needs every update at once (an accumulator then keeps them).
         paper: where the rule is published.
     """
 
@@ -40,6 +59,7 @@ class MethodSpec:
     frozen: tuple[str, ...] = ()
     alternate: tuple[tuple[str, ...], ...] = ()
     local: tuple[str, ...] = ()
+    stream: StreamRule | None = None
     paper: str = ""
 
     def frozen_in(self, round_: int) -> tuple[str, ...]:
@@ -98,9 +118,13 @@ def aggregate(name: str, updates: list[ClientUpdate], **options: Any) -> ServerS
     config = spec.make_config(**options)
     updates = validate_updates(list(updates) if isinstance(updates, tuple) else updates,
                                mixed_ranks=spec.mixed_ranks, method=name)
-    state = spec.aggregate(updates, weights(updates), config)
+    return finite(spec.aggregate(updates, weights(updates), config), updates[0].B.dtype)
+
+
+def finite(state: ServerState, dtype: torch.dtype) -> ServerState:
+    """``state``, once every tensor of it is checked to be finite."""
     if not all(bool(torch.isfinite(t).all()) for t in state.tensors().values()):
         raise InvalidUpdateError(
-            f"`{name}`'s aggregate is not finite: the updates overflow {updates[0].B.dtype}; "
+            f"`{state.method}`'s aggregate is not finite: the updates overflow {dtype}; "
             "send smaller updates (or clip them: `server.clip_norm`).")
     return state

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from glora.errors import ConfigError, InvalidUpdateError
 
 from .base import ClientUpdate, FactorState, MethodConfig, average_factors, unshared
-from .registry import MethodSpec, register_method
+from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
@@ -47,4 +47,5 @@ def aggregate_rolora(updates: list[ClientUpdate], p: list[float], config: RoLoRA
 
 
 register_method(MethodSpec("rolora", RoLoRAConfig, aggregate_rolora, mixed_ranks=False,
-                           alternate=(("A",), ("B",)), paper="https://arxiv.org/abs/2502.01755"))
+                           alternate=(("A",), ("B",)), stream=StreamRule(one_shared=True),
+                           paper="https://arxiv.org/abs/2502.01755"))

@@ -1,0 +1,139 @@
+"""One layer's aggregation fed one client update at a time, as replies arrive.
+
+>>> import torch, glora
+>>> acc = glora.Accumulator("fedit")
+>>> for n in (10, 30):
+...     acc.add(glora.ClientUpdate(torch.randn(6, 2), torch.randn(2, 5), n, 0.5))
+>>> state = acc.result()  # what glora.aggregate("fedit", [both updates]) returns
+
+Memory. A method whose aggregate is linear in the factors (its spec's ``stream``: FedIT, FFA-LoRA,
+FedSVD, RoLoRA, FedSA-LoRA) folds each update into running weighted sums and keeps ``O(d r)``
+state however many clients arrive. The others need every update at once: GLoRA's consensus must
+be known before any client's share of the core can be taken, and FlexLoRA's SVD is of the whole
+average. For them the accumulator keeps the updates (references: the caller's tensors are not
+copied), and :meth:`Accumulator.result` is the second pass over them. Beyond the updates, GLoRA's
+randomized solver holds ``O(d q)`` (it reads the clients once per product), its exact solver the
+``(sum r_i)^2`` Gram matrix.
+
+A bad update is rejected by :meth:`Accumulator.add` with an
+:class:`~glora.errors.InvalidUpdateError` naming its position; it is not added, and the
+accumulator goes on with the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glora.errors import InvalidUpdateError
+
+from .base import ClientUpdate, ServerState, validate_updates, weights
+from .registry import StreamRule, finite, get_method
+
+
+class Accumulator:
+    """Aggregate one layer's client updates with method ``name`` as they arrive.
+
+    Args:
+        name: a registered method (:func:`glora.methods`).
+        **options: the method's options, as for :func:`glora.aggregate`; checked at once.
+    """
+
+    def __init__(self, name: str, **options: Any) -> None:
+        self.spec = get_method(name)
+        self.config = self.spec.make_config(**options)
+        self.count = 0
+        self._first: ClientUpdate | None = None  # the reference of the cross-client checks
+        self._held: list[ClientUpdate] = []  # methods without a stream rule
+        self._sums: _FactorSums | None = None
+
+    def add(self, update: ClientUpdate) -> None:
+        """Check ``update`` against the first one and fold it in (or keep it).
+
+        Raises:
+            InvalidUpdateError: naming the update's position (0-based, in the order added); the
+                update is left out and the accumulator is unchanged.
+        """
+        reference = [] if self._first is None else [self._first]
+        try:
+            checked = validate_updates(reference + [update], mixed_ranks=self.spec.mixed_ranks,
+                                       method=self.spec.name)[-1]
+        except InvalidUpdateError as e:
+            raise InvalidUpdateError(e.reason, self.count, e.key) from None
+        rule = self.spec.stream
+        if rule is not None:
+            if self._sums is None:
+                self._sums = _FactorSums(checked, rule, getattr(self.config, "rtol", 0.0))
+            else:
+                self._sums.add(checked, self.count, self.spec.name)
+        else:
+            self._held.append(update)
+        if self._first is None:
+            self._first = checked if rule is not None else update
+        self.count += 1
+
+    def result(self) -> ServerState:
+        """The aggregate of every update added so far: :func:`glora.aggregate`'s, up to the order
+        of floating-point sums."""
+        if self.count == 0:
+            raise InvalidUpdateError("no client updates to aggregate (none was added).")
+        if self._sums is None:
+            held = validate_updates(self._held, mixed_ranks=self.spec.mixed_ranks,
+                                    method=self.spec.name)
+            return finite(self.spec.aggregate(held, weights(held), self.config), held[0].B.dtype)
+        merged = self._sums.merged()
+        return finite(self.spec.aggregate([merged], [1.0], self.config), merged.B.dtype)
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor the accumulator holds (what its memory is made of)."""
+        held = [t for u in self._held for t in (u.B, u.A)]
+        first = [] if self._first is None or self._held else [self._first.B, self._first.A]
+        return held + first + ([] if self._sums is None else self._sums.tensors())
+
+
+class _FactorSums:
+    """Running sums from which a factor-averaging method's aggregate is taken: one update whose
+    ``(B, A, s)`` are the round's averages (:func:`~glora.aggregation.base.average_factors`, or
+    FedIT's plain ones), and the shared-factor checks against client 0."""
+
+    def __init__(self, first: ClientUpdate, rule: StreamRule, rtol: float) -> None:
+        self.rule, self.rtol, self.dtype = rule, rtol, first.B.dtype
+        self.n = first.num_examples
+        self.ns = first.num_examples * first.scaling
+        weight = self.ns if rule.scaled_B else self.n
+        self.B = first.B.double() * weight
+        self.A = first.A.double() * self.n
+        self.shared = {f: getattr(first, f) for f in ("A", "B")
+                       if f in rule.shared or rule.one_shared}
+
+    def add(self, u: ClientUpdate, index: int, method: str) -> None:
+        still = {f: ref for f, ref in self.shared.items() if self._same(ref, getattr(u, f))}
+        lost = [f for f in self.rule.shared if f not in still]
+        if lost or (self.rule.one_shared and not still):
+            factors = " and ".join(f"`{f}`" for f in (lost or sorted(self.shared)))
+            need = "it" if lost else "one of them"
+            raise InvalidUpdateError(f"{factors}: not client 0's (by more than `rtol` = "
+                                     f"{self.rtol:g} of its largest entry); `{method}` needs "
+                                     f"{need} shared by every client (frozen at the server's "
+                                     "copy).", index)
+        self.shared = still
+        self.dtype = torch.promote_types(self.dtype, u.B.dtype)
+        self.n += u.num_examples
+        self.ns += u.num_examples * u.scaling
+        self.B.add_(u.B.double(), alpha=u.num_examples * (u.scaling if self.rule.scaled_B else 1))
+        self.A.add_(u.A.double(), alpha=u.num_examples)
+
+    def _same(self, ref: Tensor, t: Tensor) -> bool:
+        return float((t - ref).abs().max()) <= self.rtol * float(ref.abs().max())
+
+    def merged(self) -> ClientUpdate:
+        """One update with the round's averages: the method's aggregate of it alone is the
+        aggregate of the round."""
+        B = self.B / (self.ns if self.rule.scaled_B else self.n)
+        A = self.A / self.n
+        return ClientUpdate(B.to(self.dtype), A.to(self.dtype), self.n, self.ns / self.n)
+
+    def tensors(self) -> list[Tensor]:
+        return [self.B, self.A, *self.shared.values()]
