@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import Tensor
 
 from glora import global_model
 from glora.federation import server
 from glora.config import load_config
+from glora.errors import InvalidUpdateError
 from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
 
 RANK, SCALING = 2, 8.0
@@ -74,3 +76,32 @@ def test_flora_merge_is_timed_as_client_work_not_server_work(monkeypatch):
     assert record["server_seconds"] < 1000 <= record["client_merge_seconds"]
     layer = srv.state.model.layers["p"]
     assert torch.allclose(srv.state.model.base["p"], layer.left @ layer.right)
+
+
+def layered_reply(client: int, layers: int = 6) -> ClientReply:
+    g = torch.Generator().manual_seed(100 + client)
+    adapter = {}
+    for j in range(layers):
+        adapter[f"l{j}" + LORA_B] = torch.randn(24, RANK + client % 2, generator=g)
+        adapter[f"l{j}" + LORA_A] = torch.randn(RANK + client % 2, 20, generator=g)
+    return ClientReply(client, adapter, {}, 10 + client, SCALING)
+
+
+def test_layers_aggregated_in_threads_equal_one_at_a_time():
+    replies = [layered_reply(i) for i in range(5)]
+    before = torch.get_num_threads()
+    one = aggregate_model(GlobalModel("glora"), replies)
+    two = aggregate_model(GlobalModel("glora"), replies, threads=3)
+    assert torch.get_num_threads() == before  # the threads' share is given back
+    assert list(two.layers) == list(one.layers)
+    for key, state in one.layers.items():
+        torch.testing.assert_close(two.layers[key].delta(), state.delta(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_layer_in_threads_names_the_first_bad_layer_and_client():
+    replies = [layered_reply(i) for i in range(3)]
+    for key in ("l4" + LORA_B, "l2" + LORA_B):
+        replies[1].adapter[key][0, 0] = float("nan")
+    with pytest.raises(InvalidUpdateError) as info:
+        aggregate_model(GlobalModel("glora"), replies, threads=2)
+    assert (info.value.key, info.value.client) == ("l2", 1)

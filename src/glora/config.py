@@ -136,6 +136,8 @@ class ServerConfig:
     max_client_weight: float | None = None  # cap on one client's share of a round's weight
     # Where the aggregation runs (`cpu`, `auto`, `cuda[:N]`, `mps`); states come back to the CPU.
     device: str = "cpu"
+    # Layers aggregated at once, in threads that share the process's torch and BLAS threads.
+    threads: int = 1
 
 
 @dataclass
@@ -167,7 +169,7 @@ IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.dp_epsilon": None, "train.dp_max_grad_norm": 1.0,
                   "train.dp_delta": 1e-5, "server.norm_factor": 10.0,
                   "data.num_labels": None, "eval.federated": False, "eval.server_data": None,
-                  "model.dtype": "fp32", "server.device": "cpu"}
+                  "model.dtype": "fp32", "server.device": "cpu", "server.threads": 1}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -331,6 +333,8 @@ def _validate_server(cfg: ExperimentConfig, problems: list[str]) -> None:
         problems.append(f"`server.min_clients` must be at least 1, got {srv.min_clients}.")
     if srv.retries < 0:
         problems.append(f"`server.retries` must be at least 0, got {srv.retries}.")
+    if srv.threads < 1:
+        problems.append(f"`server.threads` must be at least 1, got {srv.threads}.")
     if srv.max_examples is not None and srv.max_examples < 1:
         problems.append(f"`server.max_examples` must be a positive integer or null, got "
                         f"{srv.max_examples}.")

@@ -192,7 +192,8 @@ class FederatedServer:
             guarded = self._guard(accepted)
             try:
                 new_model = aggregate_model(self.state.model, guarded, merge=False,
-                                            device=self.device)
+                                            device=self.device,
+                                            threads=self.cfg.server.threads)
                 break
             except InvalidUpdateError as err:  # one client's update the method cannot take
                 if err.client is None:

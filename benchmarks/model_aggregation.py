@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""A whole adapter set's server step: every layer of a model at once, in one thread or several.
+
+Times ``glora.global_model.aggregate_model`` (what a round's server does: validation and the
+method on every layer) on ``--layers`` matrices of ``d x d``, ``--clients`` clients with ranks
+cycling through ``--ranks``, for each method and each ``--threads`` count
+(``server.threads``: layers aggregated at once, torch's threads shared out among them). Every
+layer holds the same client factors (a view, so the factors take one layer's memory however many
+layers there are); each layer is still aggregated on its own, so the work is that of distinct
+layers.
+
+Usage::
+
+    .venv/bin/python benchmarks/model_aggregation.py --layers 64 --d 4096 --clients 100 \\
+        --threads 1,2 --out benchmarks/results/model_aggregation.md
+
+The 7B shape of the scale issue is ``--layers 64 --d 4096 --clients 1000``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(os.cpu_count() or 1))
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aggregation_speed import make_updates  # noqa: E402
+
+from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model  # noqa: E402
+
+
+def replies(layers: int, d: int, clients: int, ranks: list[int], seed: int) -> list[ClientReply]:
+    """``clients`` replies of ``layers`` layers each, every layer the same float32 factors."""
+    per_rank = {r: make_updates(d, -(-clients // len(ranks)), r, torch.float32, seed + r)[0]
+                for r in ranks}
+    out = []
+    for i in range(clients):
+        u = per_rank[ranks[i % len(ranks)]][i // len(ranks)]
+        adapter = {}
+        for j in range(layers):
+            adapter[f"layer{j}" + LORA_B], adapter[f"layer{j}" + LORA_A] = u.B, u.A
+        out.append(ClientReply(i, adapter, {}, u.num_examples, u.scaling))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=64)
+    parser.add_argument("--d", type=int, default=4096)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--ranks", default="4,8,16", help="client ranks, in turn")
+    parser.add_argument("--rank", type=int, default=16, help="server rank R")
+    parser.add_argument("--methods", default="glora,fedit", help="comma-separated")
+    parser.add_argument("--threads", default="1,2", help="server.threads values to time")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=1, help="calls timed (median)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also write the report here (Markdown)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    ranks = [int(r) for r in args.ranks.split(",")]
+    reps = replies(args.layers, args.d, args.clients, ranks, args.seed)
+    equal = [r for r in reps if r.adapter["layer0" + LORA_A].shape[0] == ranks[0]]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    lines = [f"`python {' '.join(['benchmarks/model_aggregation.py'] + sys.argv[1:])}` at commit "
+             f"{commit}, {datetime.date.today()}, {os.cpu_count()} cores, torch "
+             f"{torch.__version__} with {args.torch_threads} threads shared out among the layer "
+             f"threads; load average at start {os.getloadavg()[0]:.2f}.", "",
+             f"{args.layers} layers of {args.d} x {args.d}, {args.clients} clients of ranks "
+             f"{ranks} in turn (equal-rank methods: the {len(equal)} clients of rank {ranks[0]}),"
+             f" server rank R = {args.rank}, float32; median of {args.repeats} call(s) of a round's "
+             "server step, after a warm-up call on one layer.", "",
+             "| method | server.threads | seconds | per layer (ms) | speed-up |", "|---|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    for method in args.methods.split(","):
+        options = {"rank": args.rank} if method in ("glora", "flexlora") else {}
+        clients = reps if method in ("glora", "flexlora", "flora", "hetlora") else equal
+        warm_up = [ClientReply(r.client_id, {k: v for k, v in r.adapter.items()
+                                          if k.startswith("layer0.")}, {}, r.num_examples,
+                               r.scaling) for r in clients]
+        aggregate_model(GlobalModel(method, options), warm_up, merge=False)
+        first = None
+        for threads in (int(t) for t in args.threads.split(",")):
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                model = aggregate_model(GlobalModel(method, options), clients, merge=False,
+                                        threads=threads)
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            first = first or seconds
+            solver = model.layers["layer0"].info.get("solver", "")
+            row = (f"| {method}{f' ({solver})' if solver else ''} | {threads} | {seconds:.2f} | "
+                   f"{1000 * seconds / args.layers:.0f} | {first / seconds:.2f}x |")
+            lines.append(row)
+            print(row, flush=True)
+    if args.out:
+        args.out.write_text("# A whole adapter set's server step\n\n" + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
