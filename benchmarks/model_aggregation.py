@@ -37,7 +37,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregation_speed import make_updates  # noqa: E402
 
-from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model  # noqa: E402
+from glora.global_model import (  # noqa: E402
+    LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model)
 
 
 def replies(layers: int, d: int, clients: int, ranks: list[int], seed: int) -> list[ClientReply]:
@@ -80,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
              f"threads; load average at start {os.getloadavg()[0]:.2f}.", "",
              f"{args.layers} layers of {args.d} x {args.d}, {args.clients} clients of ranks "
              f"{ranks} in turn (equal-rank methods: the {len(equal)} clients of rank {ranks[0]}),"
-             f" server rank R = {args.rank}, float32; median of {args.repeats} call(s) of a round's "
-             "server step, after a warm-up call on one layer.", "",
-             "| method | server.threads | seconds | per layer (ms) | speed-up |", "|---|---:|---:|---:|---:|"]
+             f" server rank R = {args.rank}, float32; median of {args.repeats} call(s) of a "
+             "round's server step, after a warm-up call on one layer.", "",
+             "| method | server.threads | seconds | per layer (ms) | speed-up |",
+             "|---|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for method in args.methods.split(","):
         options = {"rank": args.rank} if method in ("glora", "flexlora") else {}
