@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 
 from glora.config import load_config
 from glora.errors import AggregationError, ConfigError
 from glora.flower import client_app, server_app
 from glora.flower.run_config import RunOptions
+from glora.federation import rounds
 from glora.federation.server import load_state
 from glora.sim.experiment import run_experiment
 from tests.flower.conftest import Fed, checkpoint_history, history, strategy
@@ -180,6 +181,34 @@ def test_state_stays_at_last_complete_round(overrides: list[str], fed: Fed, tmp_
     # Assert
     assert s.server.round == 1 and len(history(tmp_path)) == 1
     assert load_state(s.checkpoint_path).model.round == 1
+
+
+class Killed(BaseException):
+    """The ServerApp's process ends here (as SIGKILL would end it)."""
+
+
+def test_a_run_stopped_during_the_evaluation_evaluates_that_round_on_resume(
+        overrides: list[str], fed: Fed, tmp_path: Path) -> None:
+    # Prepare: the process dies while the nodes evaluate round 2 (the last; eval.every=2)
+    def behave(client: int, t: int | None, m: Message) -> Message | None:
+        if m.metadata.message_type == MessageType.EVALUATE:
+            raise Killed
+        return grid.answer(m)
+
+    grid = fed(tmp_path, behave=behave)
+    with pytest.raises(Killed):
+        strategy(overrides, tmp_path).start(grid, timeout=0.3)
+    assert [("federated_accuracy" in r) for r in checkpoint_history(tmp_path)] == [False, False]
+    # Execute: resumed with nodes that evaluate
+    s = strategy(overrides, tmp_path)
+    assert rounds.resume(s.server, tmp_path / "glora")
+    result = s.start(fed(tmp_path), timeout=0.3)
+    # Assert: round 2 evaluated by the three nodes, no round trained again
+    assert s.server.round == 2
+    records = checkpoint_history(tmp_path)
+    assert [("federated_accuracy" in r) for r in records] == [False, True]
+    assert records[1]["federated_clients"] == 3 and history(tmp_path) == records
+    assert "federated_accuracy" in result.evaluate_metrics_clientapp[2]
 
 
 def test_nodes_with_unusable_partitions_are_ignored(overrides: list[str], fed: Fed,

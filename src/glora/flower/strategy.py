@@ -116,6 +116,14 @@ class GloraStrategy(Strategy):
         self.summary()
         result = Result()
         first = True
+        if self._evaluation_lost():
+            self._wait_for_nodes(grid, everyone=True)
+            first = False
+            record = self.server.state.history[-1]
+            record.update(self._evaluate(grid, self.server.round))
+            rounds.persist(self.server, self.out)
+            result.evaluate_metrics_clientapp[self.server.round] = metric_record(record,
+                                                                                 (FEDERATED,))
         while self.server.round < last:
             t = self.server.round + 1
             log(INFO, "")
@@ -140,6 +148,14 @@ class GloraStrategy(Strategy):
                 result.evaluate_metrics_serverapp[t] = metric_record(record, SERVER_EVAL)
         result.arrays = codec.global_arrays(self.server.state.model)
         return result
+
+    def _evaluation_lost(self) -> bool:
+        """Whether the checkpoint's last round was due an evaluation that has no federated
+        metrics: a run stopped while the nodes evaluated (or none of them could). A resumed run
+        evaluates that round before it trains the next."""
+        history = self.server.state.history
+        return bool(history) and self.server.eval_due() and \
+            not any(k.startswith(FEDERATED) for k in history[-1])
 
     # -- Strategy hooks ------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
