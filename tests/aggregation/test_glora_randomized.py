@@ -3,6 +3,8 @@ deterministic, gauge-invariant, and breaking ties as the exact path does."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from lora_helpers import regauge
@@ -72,3 +74,43 @@ def test_auto_runs_the_exact_solver_up_to_the_threshold_and_the_randomized_one_b
     large = glora.aggregate("glora", ups, rank=8)
     assert large.info["solver"] == "randomized"
     assert rel(large.delta(), small.delta()) <= large.info["error_estimate"]
+
+
+def shared_start_clients(dtype: torch.dtype, d: int = 256, n: int = 48, r: int = 8):
+    """Clients after a shared start: a common rank-``r`` update plus 50% client noise, so ``K``
+    has ``r`` large eigenvalues and a bulk of close ones after them (as the scale benchmark's)."""
+    g = torch.Generator().manual_seed(3)
+    B0, A0 = torch.randn(d, r, generator=g), torch.randn(r, d, generator=g)
+    return [glora.ClientUpdate((B0 + 0.5 * torch.randn(d, r, generator=g)).to(dtype),
+                               (A0 + 0.5 * torch.randn(r, d, generator=g)).to(dtype), 10 + i, 2.0)
+            for i in range(n)]
+
+
+def test_a_bulk_after_the_rank_does_not_hold_the_iteration():
+    """With a wide gap at R and a bulk after it, the solver stops once the R wanted pairs have
+    converged and the next eigenvalue is known to a tenth of the gap: one Krylov cycle (it took
+    several while the pair after R also had to reach `solver_tol`)."""
+    from glora.aggregation import subspace
+
+    ups = shared_start_clients(torch.float64)
+    exact = glora.aggregate("glora", ups, rank=8)
+    fast = glora.aggregate("glora", ups, rank=8, **RANDOMIZED)
+    assert exact.info["eigengap"] > 0.5
+    assert fast.info["iterations"] <= subspace.DEPTH
+    assert rel(fast.delta(), exact.delta()) <= fast.info["error_estimate"] < 1e-6
+
+
+def test_float32_clients_converge_to_their_precision_within_the_estimate():
+    """Products in float32 leave residuals near float32's epsilon: the solver stops there (no
+    warning, far below `max_iter`), and its estimate still bounds the error against the exact
+    update of the same clients in float64."""
+    ups = shared_start_clients(torch.float32)
+    exact = glora.aggregate("glora", [glora.ClientUpdate(u.B.double(), u.A.double(),
+                                                         u.num_examples, u.scaling) for u in ups],
+                            rank=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = glora.aggregate("glora", ups, rank=12, **RANDOMIZED)
+    assert fast.info["residual"] <= 10 * torch.finfo(torch.float32).eps
+    assert fast.info["iterations"] < 100
+    assert rel(fast.delta(), exact.delta()) <= fast.info["error_estimate"]

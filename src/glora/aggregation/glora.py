@@ -9,9 +9,10 @@ Per layer and round:
    the update ``U_ref C`` is the projection of the exact average onto the consensus;
 4. readout for rank ``r``: SVD of the small core, best rank-``r`` part of ``U_ref C``.
 
-Clients are streamed: each keeps only ``r x k`` coordinates on its own factor, and the Gram matrix
-is accumulated over row slabs of the client bases, each built once, so no ``d x sum r_i`` array is
-held; only the top eigenpairs of the Gram matrix are computed.
+Clients are streamed: each keeps only ``r x k`` coordinates on its own factor, and the exact
+solver accumulates the Gram matrix over row slabs of the client bases, each built once, so no
+``d x sum r_i`` array is held; only the top eigenpairs of the Gram matrix are computed. The
+randomized solver (many clients) holds the bases once, in the factors' dtype, for its products.
 
 Two-sided variant: a right consensus ``V_ref`` from the row spaces of ``A_i`` and an ``R x R``
 core ``sum_i p_i s_i (U_ref^T B_i)(A_i V_ref)``.
@@ -78,10 +79,13 @@ class GLoRAConfig(RandomizedOptions):
             ``"exact"``, the eigenpairs of the Gram matrix of all client directions
             (``O(d m^2)`` for ``m = sum r_i`` directions, ``O(m^2)`` memory); ``"randomized"``,
             a seeded restarted block Krylov iteration on products with ``K`` (``O(d m q)``
-            each, ``q = R + oversample``, ``O(d q)`` memory; options ``seed``, ``solver_tol``,
-            ``max_iter``, ``oversample`` of :class:`~glora.aggregation.base.RandomizedOptions`),
-            which reports its products, residual, eigengap and an error estimate of the update
-            in ``info`` (infinite where eigenvalues tie across ``R``: no bound then); ``"auto"``, exact up to :data:`AUTO_EXACT_MAX` directions, randomized
+            each, in the factors' dtype, ``q = R + oversample``; it holds the clients' bases
+            ``Z``, ``d x m`` in that dtype, the size of their ``B`` factors; options ``seed``,
+            ``solver_tol``, ``max_iter``, ``oversample`` of
+            :class:`~glora.aggregation.base.RandomizedOptions`), which reports its products,
+            residual, eigengap and an error estimate of the update in ``info`` (infinite where
+            eigenvalues tie across ``R``: no bound then); ``"auto"``, exact up to
+            :data:`AUTO_EXACT_MAX` directions, randomized
             beyond (``info["solver"]`` says which ran).
     """
 
@@ -190,19 +194,39 @@ def _gram(spaces: list[ClientSpace]) -> Tensor:
 
 #: Clients whose bases are built in one batched product (bounds its float64 scratch).
 BATCH = 8
+#: Clients whose bases the randomized solver builds in one batched product: ``RUN`` copies of
+#: a ``d x r`` factor in float64, 16 MiB at d = 4096, r = 8.
+RUN = 64
+
+
+def _runs(spaces: list[ClientSpace], size: int) -> list[list[ClientSpace]]:
+    """Runs of at most ``size`` consecutive clients with equal ``coords`` shapes, in client order
+    (the column order of ``Z``): what one batched product can take."""
+    runs: list[list[ClientSpace]] = []
+    for s in spaces:
+        if not runs or len(runs[-1]) == size or runs[-1][0].coords.shape != s.coords.shape:
+            runs.append([])
+        runs[-1].append(s)
+    return runs
 
 
 def _batches(spaces: list[ClientSpace]) -> list[tuple[list[Tensor], Tensor]]:
-    """Runs of at most ``BATCH`` consecutive clients with equal ``coords`` shape: their factors and
-    stacked scaled coordinates (``g x r x k``), in client order (the column order of ``Z``)."""
-    batches: list[tuple[list[Tensor], list[Tensor]]] = []
-    for s in spaces:
-        c = s.scaled_coords()
-        if not batches or len(batches[-1][0]) == BATCH or batches[-1][1][0].shape != c.shape:
-            batches.append(([], []))
-        batches[-1][0].append(s.factor)
-        batches[-1][1].append(c)
-    return [(factors, torch.stack(coords)) for factors, coords in batches]
+    """Runs of at most ``BATCH`` consecutive clients of one shape: their factors and stacked
+    scaled coordinates (``g x r x k``)."""
+    return [([s.factor for s in run], torch.stack([s.scaled_coords() for s in run]))
+            for run in _runs(spaces, BATCH)]
+
+
+def _stacked_basis(spaces: list[ClientSpace]) -> Tensor:
+    """``Z = [U_1 diag(sqrt c_1), ...]`` (``d x m``) in the factors' dtype: each block built in
+    float64 (orthonormal to the dtype's precision whatever the gauge), then rounded once."""
+    dtype = spaces[0].factor.dtype
+    blocks = []
+    for run in _runs(spaces, RUN):
+        part = torch.stack([s.factor for s in run]).double()  # g x d x r
+        coords = torch.stack([s.scaled_coords() for s in run])  # g x r x k
+        blocks.append(torch.bmm(part, coords).to(dtype).transpose(0, 1).flatten(1))
+    return torch.cat(blocks, 1)
 
 
 def _combine(spaces: list[ClientSpace], coefficients: Tensor) -> Tensor:
@@ -256,6 +280,14 @@ def _tie_order(spaces: list[ClientSpace], W: Tensor, rtol: float) -> Tensor:
 #: machine epsilons: the exact and randomized updates each end in that dtype, and in float32
 #: they were measured up to 5 epsilons apart where the solver's own bound was 1e-8 or less.
 ROUNDING_ULPS = 100.0
+#: The randomized solver's products are taken in the factors' dtype (float32: half the time of
+#: float64), whose rounding leaves Ritz residuals of about one epsilon (measured 1e-8 to 4e-8 of
+#: lambda_1 on 1,000 float32 clients); it stops at ``solver_tol`` or this many epsilons of the
+#: dtype, whichever is larger. The error estimate counts the residuals it reached.
+PRODUCT_ULPS = 10.0
+#: The randomized solver knows the eigenvalue after ``R`` to this fraction of the gap before it:
+#: enough for the gap in the error estimate (it is taken net of that residual) and for ties.
+NEXT_FRACTION = 0.1
 #: Eigenpairs of the Gram matrix computed beyond the server rank (to see a tie across it).
 EXTRA_EIGENPAIRS = 8
 
@@ -366,16 +398,15 @@ def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
     m = sum(s.coords.shape[1] for s in spaces)
     block = min(m, d, rank + config.oversample)
 
-    def apply(X: Tensor) -> Tensor:  # K X = sum_i Z_i (Z_i^T X), one client at a time
-        out = torch.zeros_like(X)
-        for s in spaces:
-            Z = s.factor.double() @ s.scaled_coords()
-            out.addmm_(Z, Z.mT @ X)
-        return out
+    Z = _stacked_basis(spaces)
+
+    def apply(X: Tensor) -> Tensor:  # K X = Z (Z^T X), in the factors' dtype
+        return (Z @ (Z.mT @ X.to(Z.dtype))).double()
 
     wanted = min(rank, block)
-    pairs = subspace.top_eigenpairs(apply, d, min(wanted + 1, block), block, config.seed,
-                                    config.solver_tol, config.max_iter)
+    tol = max(config.solver_tol, PRODUCT_ULPS * torch.finfo(Z.dtype).eps)
+    pairs = subspace.top_eigenpairs(apply, d, wanted, block, config.seed, tol, config.max_iter,
+                                    next_fraction=NEXT_FRACTION)
     lam = pairs.values.clamp_min(0)
     lam0 = float(lam[0]) if float(lam[0]) > 0 else 1.0
     res = pairs.residuals[:wanted]
@@ -384,10 +415,10 @@ def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
     sine = float(res.norm()) / gap if gap > 0 else float("inf")
     extra = {"solver": "randomized", "iterations": pairs.iterations,
              "residual": float(res.max()) / lam0, "subspace_error": min(sine, 1.0)}
-    if extra["residual"] > config.solver_tol:
+    if extra["residual"] > tol:
         warnings.warn(f"GLoRA's randomized solver stopped after {config.max_iter} products with "
-                      f"a relative residual of {extra['residual']:.2e} (`solver_tol` = "
-                      f"{config.solver_tol:g}): K's eigengap at R ({gap / lam0:.2e} of lambda_1) "
+                      f"a relative residual of {extra['residual']:.2e} (tolerance "
+                      f"{tol:g}): K's eigengap at R ({gap / lam0:.2e} of lambda_1) "
                       "is too small for it. Raise `max_iter`, or choose a `rank` on a gap "
                       "(state.info['eigenvalues']).", stacklevel=4)
     return lam, pairs.vectors.to(spaces[0].factor.dtype), extra

@@ -49,10 +49,18 @@ def _extend(basis: Tensor, Y: Tensor) -> Tensor:
 
 
 def top_eigenpairs(apply: Callable[[Tensor], Tensor], d: int, wanted: int, block: int, seed: int,
-                   tol: float, max_iter: int, depth: int = DEPTH) -> RitzPairs:
+                   tol: float, max_iter: int, depth: int = DEPTH,
+                   next_fraction: float | None = None) -> RitzPairs:
     """Ritz approximations of the top ``block`` eigenpairs of ``K`` (``apply(X) = K X`` for
     ``X`` of shape ``d x q``, float64); iterates until the top ``wanted`` residuals are at most
-    ``tol * lam_1``, or ``max_iter`` products were taken."""
+    ``tol * lam_1``, or ``max_iter`` products were taken.
+
+    With ``next_fraction``, the pair after the wanted ones must also be known, to within
+    ``next_fraction`` of its distance from the last wanted one (or to ``tol``), so that the gap
+    after them is known to that fraction: its eigenvector is not wanted, and where it sits in a
+    bulk of close eigenvalues resolving it to ``tol`` took most of the products (56 against 8 on
+    GLoRA's ``K`` of rank-8 clients at R = 8, relative gap 0.97).
+    """
     if depth < 2:
         raise ValueError(f"`depth` must be at least 2 (one block does not move), got {depth}.")
     g = torch.Generator().manual_seed(seed)
@@ -76,6 +84,10 @@ def top_eigenpairs(apply: Callable[[Tensor], Tensor], d: int, wanted: int, block
         V, KV = basis @ W, image @ W
         residuals = (KV - V * lam).norm(dim=0)
         top = float(lam[0]) if float(lam[0]) > 0 else 1.0
-        if products >= max_iter or bool((residuals[:wanted] <= tol * top).all()):
+        done = bool((residuals[:wanted] <= tol * top).all())
+        if done and next_fraction is not None and wanted < lam.numel():
+            gap = float(lam[wanted - 1] - lam[wanted])
+            done = float(residuals[wanted]) <= max(tol * top, next_fraction * gap)
+        if products >= max_iter or done:
             return RitzPairs(lam, V, residuals, products)
         X = V
