@@ -12,8 +12,8 @@ state however many clients arrive. The others need every update at once: GLoRA's
 be known before any client's share of the core can be taken, and FlexLoRA's SVD is of the whole
 average. For them the accumulator keeps the updates (references: the caller's tensors are not
 copied), and :meth:`Accumulator.result` is the second pass over them. Beyond the updates, GLoRA's
-randomized solver holds ``O(d q)`` (it reads the clients once per product), its exact solver the
-``(sum r_i)^2`` Gram matrix.
+exact solver holds the ``(sum r_i)^2`` Gram matrix, its randomized one the clients' bases (the
+size of their ``B`` factors).
 
 A bad update is rejected by :meth:`Accumulator.add` with an
 :class:`~glora.errors.InvalidUpdateError` naming its position; it is not added, and the
