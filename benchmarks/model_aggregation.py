@@ -29,13 +29,12 @@ import datetime  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aggregation_speed import make_updates  # noqa: E402
+from aggregation_speed import make_updates, measure_memory  # noqa: E402
 
 from glora.global_model import (  # noqa: E402
     LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model)
@@ -82,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.layers} layers of {args.d} x {args.d}, {args.clients} clients of ranks "
              f"{ranks} in turn (equal-rank methods: the {len(equal)} clients of rank {ranks[0]}),"
              f" server rank R = {args.rank}, float32; median of {args.repeats} call(s) of a "
-             "round's server step, after a warm-up call on one layer.", "",
-             "| method | server.threads | seconds | per layer (ms) | speed-up |",
-             "|---|---:|---:|---:|---:|"]
+             "round's server step, after a warm-up call on one layer; peak extra memory: the resident "
+             "set's high-water mark during a call over the one before it (the clients' factors "
+             "excluded, the returned states included).", "",
+             "| method | server.threads | seconds | per layer (ms) | speed-up | peak extra MiB |",
+             "|---|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for method in args.methods.split(","):
         options = {"rank": args.rank} if method in ("glora", "flexlora") else {}
@@ -95,17 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         aggregate_model(GlobalModel(method, options), warm_up, merge=False)
         first = None
         for threads in (int(t) for t in args.threads.split(",")):
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
+            infos: list[dict] = []
+
+            def step(threads: int = threads) -> None:
                 model = aggregate_model(GlobalModel(method, options), clients, merge=False,
                                         threads=threads)
-                times.append(time.perf_counter() - start)
-            seconds = statistics.median(times)
+                infos.append(model.layers["layer0"].info)
+
+            runs = [measure_memory(step) for _ in range(args.repeats)]
+            seconds = statistics.median(t for t, _ in runs)
+            peaks = [p for _, p in runs if p is not None]
             first = first or seconds
-            solver = model.layers["layer0"].info.get("solver", "")
+            info = infos[-1]
+            solver = info.get("solver", "")
+            if "iterations" in info:
+                solver += f", {info['iterations']} products"
+            peak = f"{max(peaks) / 2**20:.0f}" if peaks else "n/a"
             row = (f"| {method}{f' ({solver})' if solver else ''} | {threads} | {seconds:.2f} | "
-                   f"{1000 * seconds / args.layers:.0f} | {first / seconds:.2f}x |")
+                   f"{1000 * seconds / args.layers:.0f} | {first / seconds:.2f}x | {peak} |")
             lines.append(row)
             print(row, flush=True)
     if args.out:
