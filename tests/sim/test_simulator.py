@@ -78,15 +78,17 @@ def test_every_method_runs_with_mixed_ranks_and_learns(tiny_config):
     assert (out / "config.yaml").exists()
 
 
-def test_two_worker_processes_give_the_same_result_as_one(tiny_config, tmp_path):
-    cfg = tiny_config("train.rounds=1")
-    prepared = prepare(cfg)
+def test_two_worker_processes_or_server_threads_give_the_same_result_as_one(tiny_config,
+                                                                            tmp_path):
     records = []
-    for workers in (1, 2):
+    for workers, threads in ((1, 1), (2, 1), (1, 2)):
+        cfg = tiny_config("train.rounds=1", f"server.threads={threads}")
+        prepared = prepare(cfg)
         with ClientExecutor(prepared.model_spec, workers) as executor:
-            server = Simulation(cfg, "glora", prepared, tmp_path / f"w{workers}", executor).run()
+            server = Simulation(cfg, "glora", prepared, tmp_path / f"w{workers}t{threads}",
+                                executor).run()
         records.append(strip_timing(server.state.history))
-    assert records[0] == records[1]
+    assert records[0] == records[1] == records[2]
 
 
 def test_participation_samples_a_fraction_of_clients(tiny_config):
