@@ -82,3 +82,18 @@ def test_the_randomized_path_gives_the_factored_result():
     assert rel(fast.delta(), exact.delta()) < 1e-8 and fast.info["residual"] <= 1e-10
     again = glora.aggregate("flexlora", ups, rank=4, path="randomized")
     assert torch.equal(fast.delta(), again.delta())  # deterministic for the seed
+
+
+def test_the_randomized_path_in_float32_is_gauge_free_and_near_the_exact_one():
+    """Its products run on the clients' singular bases in float32: an ill-conditioned gauge of
+    the factors changes the result by float32 rounding only (as the factored path's)."""
+    from lora_helpers import regauge
+
+    ups = make_clients((2, 4, 3, 4))
+    exact = glora.aggregate("flexlora", ups, rank=4)
+    f32 = [glora.ClientUpdate(u.B.float(), u.A.float(), u.num_examples, u.scaling) for u in ups]
+    fast = glora.aggregate("flexlora", f32, rank=4, path="randomized")
+    assert rel(fast.delta(), exact.delta()) < 1e-5
+    assert fast.info["residual"] <= 10 * torch.finfo(torch.float32).eps
+    gauged = glora.aggregate("flexlora", regauge(f32, 1e3, 0), rank=4, path="randomized")
+    assert rel(gauged.delta(), fast.delta()) < 1e-5

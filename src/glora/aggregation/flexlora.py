@@ -13,9 +13,11 @@ A client of rank ``r`` and scaling ``s`` gets, as the official code splits it (`
 "published"``, default), ``B = U_r S_r / s`` and ``A = V_r^T`` (orthonormal rows of ``A``);
 ``split="symmetric"`` gives GLoRA's balanced ``S_r^(1/2)`` on each factor. The product
 ``s B A`` is the same either way; what differs is where the next round's training starts.
-Both paths compute in float64 and return the input dtype: the truncation amplifies rounding by
-``sigma_1 / (sigma_R - sigma_R+1)``, and float32 factors of a badly conditioned gauge (``B M``,
-``M^-1 A``) would otherwise make the result gauge-dependent at the 1e-4 level.
+The exact paths compute in float64 and return the input dtype: the truncation amplifies
+rounding by ``sigma_1 / (sigma_R - sigma_R+1)``, and float32 factors of a badly conditioned gauge
+(``B M``, ``M^-1 A``) would otherwise make the result gauge-dependent at the 1e-4 level. The
+randomized path takes its products in the factors' dtype, but on the clients' singular bases
+(built in float64), which do not depend on the gauge.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ class FlexLoRAConfig(RandomizedOptions):
     Args:
         path (`str`, defaults to `"factored"`): ``"factored"`` (low-rank QR + small SVD),
             ``"dense"`` (the published dense SVD; for comparison and benchmarks) or
-            ``"randomized"`` (the top-``R`` left singular vectors by a seeded subspace iteration
-            on ``D D^T`` in factored form, then the exact SVD of ``U^T D``; the same solver as
-            GLoRA's, with the options of :class:`~glora.aggregation.base.RandomizedOptions`).
+            ``"randomized"`` (the top-``R`` left singular vectors from GLoRA's seeded block
+            Krylov solver on ``D D^T``, its products on the clients' singular bases in the
+            factors' dtype, then the exact SVD of ``Q^T D``; options of
+            :class:`~glora.aggregation.base.RandomizedOptions`).
         rank (`int`, *optional*): server rank ``R``: the state is the best rank-``R``
             approximation of the exact average. Defaults to the largest client rank.
         split (`str`, defaults to `"published"`): how a readout divides the singular values:
@@ -70,12 +73,12 @@ def aggregate_flexlora(updates: list[ClientUpdate], p: list[float], config: Flex
                        ) -> LowRankState:
     """Best rank-``R`` approximation of the exact average; readout truncates it further."""
     dtype = updates[0].B.dtype
+    rank = config.rank or max(u.rank for u in updates)
+    if config.path == "randomized":
+        return _randomized(updates, p, rank, config)
     left, right = linalg.stack_factors([u.B.double() for u in updates],
                                        [u.A.double() for u in updates],
                                        [pi * u.scaling for pi, u in zip(p, updates)])
-    rank = config.rank or max(u.rank for u in updates)
-    if config.path == "randomized":
-        return _randomized(left, right, rank, config, dtype)
     if config.path == "dense":
         U, S, Vh = torch.linalg.svd(left @ right, full_matrices=False)
     else:
@@ -87,16 +90,43 @@ def aggregate_flexlora(updates: list[ClientUpdate], p: list[float], config: Flex
                         info={"rank": R, "relative_truncation_error": tail**0.5})
 
 
-def _randomized(left: Tensor, right: Tensor, rank: int, config: FlexLoRAConfig,
-                dtype: torch.dtype) -> LowRankState:
-    """Top-``rank`` truncation of ``D = left @ right`` from Ritz vectors of ``D D^T``."""
-    d_out, k = left.shape
-    block = min(k, d_out, right.shape[1], rank + config.oversample)
+def _randomized(updates: list[ClientUpdate], p: list[float], rank: int,
+                config: FlexLoRAConfig) -> LowRankState:
+    """Top-``rank`` truncation of the exact average ``D`` from Ritz vectors of ``D D^T``.
+
+    ``D = U diag(c) V^T`` over the clients' own SVDs (``U``, ``V`` their singular bases, built in
+    float64 and kept in the factors' dtype: gauge-free, so the products can be taken in that
+    dtype, as GLoRA's are); the truncation is then the exact SVD of ``Q^T D``, client by client
+    in float64.
+    """
+    dtype = updates[0].B.dtype
+    d_out, d_in = updates[0].B.shape[0], updates[0].A.shape[1]
+    svds = [linalg.factored_column_basis(u.B, u.A) for u in updates]
+    m = sum(S.numel() for _, S, _ in svds)
+    U, V = updates[0].B.new_empty(d_out, m), updates[0].A.new_empty(d_in, m)  # filled in place
+    start = 0
+    for u, (X, S, Y) in zip(updates, svds):
+        U[:, start:start + S.numel()] = u.B.double() @ X
+        V[:, start:start + S.numel()] = u.A.double().mT @ Y
+        start += S.numel()
+    c = torch.cat([pi * u.scaling * S for pi, u, (_, S, _) in zip(p, updates, svds)])
+    c = c.to(dtype)[:, None]
+    block = min(m, d_out, d_in, rank + config.oversample)
     R = min(rank, block)
-    pairs = subspace.top_eigenpairs(lambda X: left @ (right @ (right.mT @ (left.mT @ X))), d_out,
-                                    R, block, config.seed, config.solver_tol, config.max_iter)
+    if R == 0:  # every update is zero
+        return LowRankState("flexlora", updates[0].B.new_zeros(d_out, 0),
+                            updates[0].A.new_zeros(0, d_in), config.split, info={"rank": 0})
+
+    def apply(X: Tensor) -> Tensor:  # D D^T X in the factors' dtype
+        return (U @ (c * (V.mT @ (V @ (c * (U.mT @ X.to(dtype))))))).double()
+
+    tol = max(config.solver_tol, subspace.PRODUCT_ULPS * torch.finfo(dtype).eps)
+    pairs = subspace.top_eigenpairs(apply, d_out, R, block, config.seed, tol, config.max_iter)
     Q = pairs.vectors[:, :R]
-    P, S, Vh = torch.linalg.svd((Q.mT @ left) @ right, full_matrices=False)  # R x d_in
+    core = torch.zeros(R, d_in, dtype=torch.float64)  # Q^T D
+    for pi, u in zip(p, updates):
+        core.addmm_(Q.mT @ u.B.double(), u.A.double(), alpha=pi * u.scaling)
+    P, S, Vh = torch.linalg.svd(core, full_matrices=False)
     top = float(pairs.values[0]) if float(pairs.values[0]) > 0 else 1.0
     return LowRankState("flexlora", ((Q @ P) * S).to(dtype), Vh.to(dtype), config.split,
                         info={"rank": R, "iterations": pairs.iterations,

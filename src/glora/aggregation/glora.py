@@ -220,13 +220,16 @@ def _batches(spaces: list[ClientSpace]) -> list[tuple[list[Tensor], Tensor]]:
 def _stacked_basis(spaces: list[ClientSpace]) -> Tensor:
     """``Z = [U_1 diag(sqrt c_1), ...]`` (``d x m``) in the factors' dtype: each block built in
     float64 (orthonormal to the dtype's precision whatever the gauge), then rounded once."""
-    dtype = spaces[0].factor.dtype
-    blocks = []
+    m = sum(s.coords.shape[1] for s in spaces)
+    Z = spaces[0].factor.new_empty(spaces[0].factor.shape[0], m)  # filled in place
+    start = 0
     for run in _runs(spaces, RUN):
         part = torch.stack([s.factor for s in run]).double()  # g x d x r
         coords = torch.stack([s.scaled_coords() for s in run])  # g x r x k
-        blocks.append(torch.bmm(part, coords).to(dtype).transpose(0, 1).flatten(1))
-    return torch.cat(blocks, 1)
+        block = torch.bmm(part, coords).transpose(0, 1).flatten(1)  # d x g k
+        Z[:, start:start + block.shape[1]] = block
+        start += block.shape[1]
+    return Z
 
 
 def _combine(spaces: list[ClientSpace], coefficients: Tensor) -> Tensor:
@@ -280,11 +283,6 @@ def _tie_order(spaces: list[ClientSpace], W: Tensor, rtol: float) -> Tensor:
 #: machine epsilons: the exact and randomized updates each end in that dtype, and in float32
 #: they were measured up to 5 epsilons apart where the solver's own bound was 1e-8 or less.
 ROUNDING_ULPS = 100.0
-#: The randomized solver's products are taken in the factors' dtype (float32: half the time of
-#: float64), whose rounding leaves Ritz residuals of about one epsilon (measured 1e-8 to 4e-8 of
-#: lambda_1 on 1,000 float32 clients); it stops at ``solver_tol`` or this many epsilons of the
-#: dtype, whichever is larger. The error estimate counts the residuals it reached.
-PRODUCT_ULPS = 10.0
 #: The randomized solver knows the eigenvalue after ``R`` to this fraction of the gap before it:
 #: enough for the gap in the error estimate (it is taken net of that residual) and for ties.
 NEXT_FRACTION = 0.1
@@ -404,7 +402,7 @@ def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
         return (Z @ (Z.mT @ X.to(Z.dtype))).double()
 
     wanted = min(rank, block)
-    tol = max(config.solver_tol, PRODUCT_ULPS * torch.finfo(Z.dtype).eps)
+    tol = max(config.solver_tol, subspace.PRODUCT_ULPS * torch.finfo(Z.dtype).eps)
     pairs = subspace.top_eigenpairs(apply, d, wanted, block, config.seed, tol, config.max_iter,
                                     next_fraction=NEXT_FRACTION)
     lam = pairs.values.clamp_min(0)
