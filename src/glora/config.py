@@ -113,6 +113,9 @@ class EvalConfig:
     # Flower: a held-out set on the server's machine (what `data.dataset` can name) on which the
     # server also scores the global model (`global_*`); null: only the nodes evaluate.
     server_data: str | None = None
+    # Each round's update against the exact average and the best rank-R truncation of the same
+    # replies (`shadow_*`). Its cost grows as d (sum r_i)^2: turn it off for many clients a round.
+    shadow: bool = True
 
 
 @dataclass
@@ -169,7 +172,8 @@ IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.dp_epsilon": None, "train.dp_max_grad_norm": 1.0,
                   "train.dp_delta": 1e-5, "server.norm_factor": 10.0,
                   "data.num_labels": None, "eval.federated": False, "eval.server_data": None,
-                  "model.dtype": "fp32", "server.device": "cpu", "server.threads": 1}
+                  "model.dtype": "fp32", "server.device": "cpu", "server.threads": 1,
+                  "eval.shadow": True}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),

@@ -230,6 +230,9 @@ def test_every_round_records_its_shadow_distances(tiny_config):
     glora_record = records["glora"]
     assert glora_record["shadow_to_exact"] >= glora_record["shadow_best_to_exact"] - 1e-9
     assert all(0 <= r["shadow_seconds"] for r in records.values())
+    server, _, results = one_round(tiny_config("lora.ranks=[2,4]", "eval.shadow=false"), "glora")
+    record = server.aggregate(results)  # many clients a round: the shadow can be turned off
+    assert not any(k.startswith("shadow_") for k in record) and record["server_seconds"] >= 0
 
 
 def test_rolora_clients_train_b_then_a_and_upload_only_what_they_trained(tiny_config):

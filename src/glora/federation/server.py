@@ -166,7 +166,8 @@ class FederatedServer:
         (say, one that overflows) is rejected too and the round aggregates without it. The
         record also holds the shadow distances of the round (:func:`glora.global_model.shadow`:
         the update against the exact average of the same replies and its best rank-``R``
-        truncation, ``R`` the largest client rank), timed apart from the server's work.
+        truncation, ``R`` the largest client rank), timed apart from the server's work, unless
+        ``eval.shadow`` is off.
 
         Raises:
             AggregationError: fewer than ``server.min_clients`` valid results, or the round was
@@ -205,9 +206,11 @@ class FederatedServer:
                             rejected[bad])
                 accepted = [r for r in accepted if r.client_id != bad]
         server_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        distances = shadow(new_model, guarded, max(self.ranks))  # analysis, not server work
-        shadow_seconds = time.perf_counter() - started
+        distances: dict[str, float] = {}
+        if self.cfg.eval.shadow:  # analysis, not server work
+            started = time.perf_counter()
+            distances = shadow(new_model, guarded, max(self.ranks))
+            distances["shadow_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         new_model = merge_base(new_model)  # the clients' merge into their frozen weights
         client_merge_seconds = time.perf_counter() - started
@@ -223,8 +226,7 @@ class FederatedServer:
             "train_loss": sum(r.metrics["train_loss"] for r in accepted) / len(accepted),
             "bytes_up": sum(upload_bytes(self.method, r, t) for r in accepted),
             "bytes_down": bytes_down, "server_seconds": server_seconds,
-            "client_merge_seconds": client_merge_seconds, **distances,
-            "shadow_seconds": shadow_seconds, **(extra or {})}
+            "client_merge_seconds": client_merge_seconds, **distances, **(extra or {})}
         spent = self._account(results) if self.noise is not None else self.state.privacy
         if self.noise is not None:
             eps = {c: privacy.epsilon(h, self.cfg.train.dp_delta) for c, h in spent.items()}
