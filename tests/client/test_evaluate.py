@@ -33,6 +33,19 @@ def test_global_model_matches_the_client_peft_model(cache: ModelCache, sentiment
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_the_global_model_and_the_clients_share_one_backbone(cache: ModelCache, sentiment,
+                                                            trained):
+    """The adapters live on the backbone itself; the global model is it with them switched off,
+    and a client task that follows trains with them on."""
+    adapter = cache.adapter(4)
+    assert adapter.model.get_base_model() is cache.plain
+    plain = logits(cache.global_model({}, None), sentiment)
+    copy_into(adapter.lora, trained.adapter, "adapter")
+    assert torch.equal(logits(cache.global_model({}, None), sentiment), plain)  # adapters off
+    again = cache.adapter(4)
+    assert not torch.allclose(logits(again.model, sentiment), plain, atol=1e-4)  # and on again
+
+
 def test_a_delta_acts_as_W0_plus_delta(cache: ModelCache, sentiment):
     delta = 0.5 * torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
     manual = cache.fresh_base()

@@ -121,9 +121,11 @@ def copy_into(params: dict[str, Tensor], values: dict[str, Tensor], what: str) -
 class ModelCache:
     """A backbone loaded once per process, serving PEFT adapters of any rank and the global model.
 
-    Every rank is one named adapter (``rank<r>``) of a single PEFT model, so switching ranks costs
-    nothing and the frozen weights exist once there; a second, plain copy of the backbone serves
-    the global model (:meth:`global_model`). Nothing a client task writes survives into the next:
+    Every rank is one named adapter (``rank<r>``) of a single PEFT model built on the backbone
+    itself, so switching ranks costs nothing and the frozen weights exist once: the global model
+    (:meth:`global_model`) is the same backbone with the adapter layers switched off (PEFT's
+    ``disable_adapter_layers``), and a client task switches them back on. Nothing a client task
+    writes survives into the next:
     :func:`glora.training.train.train_client` overwrites the adapter, the head and the frozen
     weights of the adapted layers (``W0`` plus the task's base deltas) before training.
 
@@ -157,8 +159,8 @@ class ModelCache:
         self.num_labels = num_labels
         self.alpha, self.rslora, self.dropout = float(alpha), bool(rslora), float(dropout)
         self.dtype = BASE_DTYPE[dtype]
-        self.plain = self.task.load_model(self.path, num_labels, problem_type, seed,
-                                          self.dtype).requires_grad_(False).to(self.device)
+        self._load_args = (num_labels, problem_type, seed)
+        self.plain = self._load()
         self.target_modules = tuple(target_modules or default_targets(self.plain))
         self.head_modules = self.task.head_modules(self.plain)
         self._plain_layers = self._find_layers()
@@ -205,8 +207,16 @@ class ModelCache:
         return {PEFT_PREFIX + f"{m}.{n}": p for m in self.head_modules
                 for n, p in net.get_submodule(m).named_parameters()}
 
+    def _load(self) -> nn.Module:
+        """The backbone as stored (pretrained weights, the seeded initial head), frozen."""
+        return self.task.load_model(self.path, *self._load_args, self.dtype
+                                    ).requires_grad_(False).to(self.device)
+
     def fresh_base(self) -> nn.Module:
-        """A copy of the backbone with the pretrained weights and the initial head."""
+        """A copy of the backbone with the pretrained weights and the initial head (loaded again
+        once the backbone carries the clients' adapters)."""
+        if self._peft is not None:
+            return self._load()
         net = copy.deepcopy(self.plain)
         self.load_base({k: net.get_submodule(k.removeprefix(PEFT_PREFIX)) for k in self.layers}, {})
         copy_into(self._head_of(net), self.head_init, "head")
@@ -221,8 +231,10 @@ class ModelCache:
             config = lora_config(self.task.peft_type, rank, self.alpha, self.target_modules,
                                  self.rslora, self.dropout)
             with torch.random.fork_rng(devices=[]):  # PEFT's init draws from the global RNG
-                if self._peft is None:
-                    self._peft = get_peft_model(self.fresh_base(), config, adapter_name=name)
+                if self._peft is None:  # on the backbone itself, reset to its initial state
+                    self.load_base(self._plain_layers, {})
+                    copy_into(self._plain_head, self.head_init, "head")
+                    self._peft = get_peft_model(self.plain, config, adapter_name=name)
                 else:
                     self._peft.add_adapter(name, config)
             params = adapter_parameters(self._peft, name)
@@ -237,6 +249,7 @@ class ModelCache:
             base = {k: self._peft.get_submodule(k).get_base_layer() for k in self.layers}
             self._adapters[rank] = Adapter(self._peft, name, lora, head, base)
         adapter = self._adapters[rank]
+        adapter.model.base_model.enable_adapter_layers()  # off while the global model was used
         adapter.model.set_adapter(adapter.name)
         return adapter
 
@@ -253,7 +266,10 @@ class ModelCache:
 
     def global_model(self, deltas: dict[str, Tensor], head: dict[str, Tensor] | None) -> nn.Module:
         """The plain model ``W0 + deltas`` per adapted layer with ``head`` (``None``/empty: the
-        initial head), in eval mode. Valid until the next call (the same module is reused)."""
+        initial head), in eval mode: the backbone, its adapter layers (if any) switched off.
+        Valid until the next call here or to :meth:`adapter` (the same module is reused)."""
         self.load_base(self._plain_layers, deltas)
         copy_into(self._plain_head, head or self.head_init, "head")
+        if self._peft is not None:
+            self._peft.base_model.disable_adapter_layers()
         return self.plain.eval()
