@@ -73,13 +73,15 @@ def test_a_bad_update_is_rejected_alone(method: str) -> None:
     nan_B[0, 0] = float("nan")
     acc = glora.Accumulator(method)
     acc.add(good[0])
-    for bad in (glora.ClientUpdate(nan_B, good[1].A, 10, 1.0),
-                glora.ClientUpdate(torch.randn(D_OUT + 1, RANK, dtype=torch.float64),
-                                   torch.randn(RANK, D_IN, dtype=torch.float64), 10, 1.0)):
+    for position, bad in enumerate((
+            glora.ClientUpdate(nan_B, good[1].A, 10, 1.0),
+            glora.ClientUpdate(torch.randn(D_OUT + 1, RANK, dtype=torch.float64),
+                               torch.randn(RANK, D_IN, dtype=torch.float64), 10, 1.0)), start=1):
         with pytest.raises(InvalidUpdateError) as info:
             acc.add(bad)
-        assert info.value.client == 1
+        assert info.value.client == position  # its place among the updates given to `add`
     acc.add(good[2])
+    assert acc.count == 2
     torch.testing.assert_close(acc.result().delta(),
                                glora.aggregate(method, [good[0], good[2]]).delta())
 

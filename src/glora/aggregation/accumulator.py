@@ -44,7 +44,8 @@ class Accumulator:
     def __init__(self, name: str, **options: Any) -> None:
         self.spec = get_method(name)
         self.config = self.spec.make_config(**options)
-        self.count = 0
+        self.count = 0  # updates added
+        self._offered = 0  # updates given to `add`, rejected ones included: their positions
         self._first: ClientUpdate | None = None  # the reference of the cross-client checks
         self._held: list[ClientUpdate] = []  # methods without a stream rule
         self._sums: _FactorSums | None = None
@@ -53,21 +54,24 @@ class Accumulator:
         """Check ``update`` against the first one and fold it in (or keep it).
 
         Raises:
-            InvalidUpdateError: naming the update's position (0-based, in the order added); the
-                update is left out and the accumulator is unchanged.
+            InvalidUpdateError: naming the update's position (0-based, in the order given to
+                ``add``, rejected ones included); the update is left out and the accumulator is
+                unchanged.
         """
+        position = self._offered
+        self._offered += 1
         reference = [] if self._first is None else [self._first]
         try:
             checked = validate_updates(reference + [update], mixed_ranks=self.spec.mixed_ranks,
                                        method=self.spec.name)[-1]
         except InvalidUpdateError as e:
-            raise InvalidUpdateError(e.reason, self.count, e.key) from None
+            raise InvalidUpdateError(e.reason, position, e.key) from None
         rule = self.spec.stream
         if rule is not None:
             if self._sums is None:
                 self._sums = _FactorSums(checked, rule, getattr(self.config, "rtol", 0.0))
             else:
-                self._sums.add(checked, self.count, self.spec.name)
+                self._sums.add(checked, position, self.spec.name)
         else:
             self._held.append(update)
         if self._first is None:
