@@ -77,6 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated (fp32 dynamic, the reference, always runs)")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -85,7 +87,11 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for model in args.models.split(","):
         rows = {}
-        for variant in VARIANTS:
+        chosen = ["fp32 dynamic", *(v for v in args.variants.split(",") if v != "fp32 dynamic")]
+        unknown = sorted(set(chosen) - set(VARIANTS))
+        if unknown:
+            ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+        for variant in chosen:
             out = subprocess.run([sys.executable, __file__, "--child", model, variant, "--steps",
                                   str(args.steps)], capture_output=True, text=True, env=env)
             rows[variant] = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 \
