@@ -123,9 +123,8 @@ def _randomized(updates: list[ClientUpdate], p: list[float], rank: int,
     tol = max(config.solver_tol, subspace.PRODUCT_ULPS * torch.finfo(dtype).eps)
     pairs = subspace.top_eigenpairs(apply, d_out, R, block, config.seed, tol, config.max_iter)
     Q = pairs.vectors[:, :R]
-    core = torch.zeros(R, d_in, dtype=torch.float64)  # Q^T D
-    for pi, u in zip(p, updates):
-        core.addmm_(Q.mT @ u.B.double(), u.A.double(), alpha=pi * u.scaling)
+    core = linalg.project_average(Q, [u.B for u in updates], [u.A for u in updates],
+                                  [pi * u.scaling for pi, u in zip(p, updates)])  # Q^T D
     P, S, Vh = torch.linalg.svd(core, full_matrices=False)
     top = float(pairs.values[0]) if float(pairs.values[0]) > 0 else 1.0
     return LowRankState("flexlora", ((Q @ P) * S).to(dtype), Vh.to(dtype), config.split,

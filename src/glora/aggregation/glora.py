@@ -248,18 +248,10 @@ def _combine(spaces: list[ClientSpace], coefficients: Tensor) -> Tensor:
 
 def _project(spaces: list[ClientSpace], W: Tensor) -> Tensor:
     """``W^T D`` (``q x d_other``) for ``W`` (``d x q``), ``D = sum_i factor_i other_i`` the exact
-    average (or its transpose on the right side), one client at a time.
-
-    In float64: a client's factors may carry any gauge ``(B M, M^-1 A)``, and a product through
-    an ill-conditioned ``M`` in float32 loses ``cond(M)`` times the dtype's precision (5x the
-    rounding of the factors themselves at ``cond(M) = 100``); in float64 the result changes with
-    the gauge only by that rounding.
-    """
-    out = torch.zeros(W.shape[1], spaces[0].other.shape[1], dtype=torch.float64)
-    Wd = W.double()
-    for s in spaces:
-        out.addmm_(Wd.mT @ s.factor.double(), s.other.double(), alpha=s.weight)
-    return out.to(W.dtype)
+    average (or its transpose on the right side), in float64 (:func:`linalg.project_average`),
+    returned in ``W``'s dtype."""
+    return linalg.project_average(W, [s.factor for s in spaces], [s.other for s in spaces],
+                                  [s.weight for s in spaces]).to(W.dtype)
 
 
 def _tie_order(spaces: list[ClientSpace], W: Tensor, rtol: float) -> Tensor:

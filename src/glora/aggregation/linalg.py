@@ -94,6 +94,23 @@ def split_factors(U: Tensor, S: Tensor, Vh: Tensor, rank: int, scaling: float,
     return B, A
 
 
+def project_average(W: Tensor, lefts: list[Tensor], rights: list[Tensor],
+                    weights: list[float]) -> Tensor:
+    """``W^T sum_i w_i L_i R_i`` (``q x d_in``, float64) for ``W`` (``d_out x q``), one term at a
+    time.
+
+    In float64: a client's factors may carry any gauge ``(B M, M^-1 A)``, and a product through
+    an ill-conditioned ``M`` in float32 loses ``cond(M)`` times the dtype's precision (5x the
+    rounding of the factors themselves at ``cond(M) = 100``); in float64 the result changes with
+    the gauge only by that rounding.
+    """
+    out = torch.zeros(W.shape[1], rights[0].shape[1], dtype=torch.float64)
+    Wd = W.double()
+    for L, R, w in zip(lefts, rights, weights):
+        out.addmm_(Wd.mT @ L.double(), R.double(), alpha=w)
+    return out
+
+
 def stack_factors(Bs: list[Tensor], As: list[Tensor], coefs: list[float]) -> tuple[Tensor, Tensor]:
     """``[c_1 B_1 ... c_N B_N]`` and ``[A_1; ...; A_N]``: their product is ``sum c_i B_i A_i``."""
     return torch.cat([c * B for c, B in zip(coefs, Bs)], dim=1), torch.cat(As, dim=0)
