@@ -148,6 +148,8 @@ class ClientSpace:
     side: ``factor = B_i``) or row space (right side: ``factor = A_i^T``); ``coefs`` (``k``) are
     the directions' weights in ``K``. ``other`` is the opposite factor (``A_i``, or ``B_i^T``) and
     ``weight = p_i s_i``: ``weight * factor @ other`` is the client's share of the exact average.
+    ``norm`` is the Frobenius norm of ``factor @ other`` (from its singular values, the ones
+    dropped as zero left out).
     """
 
     factor: Tensor  # d x r
@@ -155,6 +157,7 @@ class ClientSpace:
     coefs: Tensor  # k, float64
     other: Tensor  # r x d_other
     weight: float
+    norm: float
 
     def scaled_coords(self) -> Tensor:
         """``coords diag(sqrt coefs)`` (``r x k``, float64): ``factor @`` it is the client's block of
@@ -427,8 +430,9 @@ def client_spaces(updates: list[ClientUpdate], p: list[float], consensus: str,
         if S.numel() == 0:
             continue
         coefs = pi * (S**2 / (S**2).sum() if consensus == "energy" else torch.ones_like(S))
-        left.append(ClientSpace(u.B, X, coefs, u.A, pi * u.scaling))
-        right.append(ClientSpace(u.A.mT, Y, coefs, u.B.mT, pi * u.scaling))
+        norm = float(S.norm())
+        left.append(ClientSpace(u.B, X, coefs, u.A, pi * u.scaling, norm))
+        right.append(ClientSpace(u.A.mT, Y, coefs, u.B.mT, pi * u.scaling, norm))
     return left, right
 
 
@@ -451,8 +455,7 @@ def aggregate_glora(updates: list[ClientUpdate], p: list[float], config: GLoRACo
     U_ref, info = consensus_subspace(left, rank, tie_rtol, config)
     core = _project(left, U_ref)  # R x d_in: U_ref^T (sum_i p_i s_i B_i A_i)
     if "subspace_error" in info:  # ||(P' - P) D|| <= sin(theta) ||D||, ||D|| <= sum_i ||dW_i||
-        norms = sum(s.weight * float(linalg.product_norm(s.factor.double(), s.other.double()))
-                    for s in left)
+        norms = sum(s.weight * s.norm for s in left)
         size = float(core.double().norm())
         bound = info["subspace_error"] * norms / size if size > 0 else 0.0
         # With eigenvalues tied across R, the tie-break by the update chooses the subspace, not
