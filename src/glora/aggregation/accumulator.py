@@ -46,12 +46,30 @@ class Accumulator:
         self.config = self.spec.make_config(**options)
         self.count = 0  # updates added
         self._offered = 0  # updates given to `add`, rejected ones included: their positions
-        self._first: ClientUpdate | None = None  # the reference of the cross-client checks
+        self._first: ClientUpdate | None = None  # client 0's shapes: the cross-client checks
         self._held: list[ClientUpdate] = []  # methods without a stream rule
         self._sums: _FactorSums | None = None
 
-    def add(self, update: ClientUpdate) -> None:
-        """Check ``update`` against the first one and fold it in (or keep it).
+    def check(self, update: ClientUpdate) -> ClientUpdate:
+        """``update`` validated against the first one added, as :meth:`add` would take it; the
+        accumulator is unchanged. A caller adding one client's updates to several accumulators
+        (the layers of a model) checks them all before adding any.
+
+        Raises:
+            InvalidUpdateError: naming the position ``update`` would take.
+        """
+        try:
+            checked = validate_updates([update], mixed_ranks=self.spec.mixed_ranks,
+                                       method=self.spec.name, reference=self._first)[0]
+        except InvalidUpdateError as e:
+            raise InvalidUpdateError(e.reason, self._offered, e.key) from None
+        if self._sums is not None:
+            self._sums.shared_after(checked, self._offered, self.spec.name)
+        return checked
+
+    def add(self, update: ClientUpdate, checked: ClientUpdate | None = None) -> None:
+        """Check ``update`` against the first one and fold it in (or keep it); ``checked`` is
+        :meth:`check`'s result for it, where the caller has it.
 
         Raises:
             InvalidUpdateError: naming the update's position (0-based, in the order given to
@@ -59,23 +77,21 @@ class Accumulator:
                 unchanged.
         """
         position = self._offered
-        self._offered += 1
-        reference = [] if self._first is None else [self._first]
         try:
-            checked = validate_updates(reference + [update], mixed_ranks=self.spec.mixed_ranks,
-                                       method=self.spec.name)[-1]
-        except InvalidUpdateError as e:
-            raise InvalidUpdateError(e.reason, position, e.key) from None
-        rule = self.spec.stream
-        if rule is not None:
-            if self._sums is None:
-                self._sums = _FactorSums(checked, rule, getattr(self.config, "rtol", 0.0))
+            checked = self.check(update) if checked is None else checked
+            rule = self.spec.stream
+            if rule is not None:
+                if self._sums is None:
+                    self._sums = _FactorSums(checked, rule, getattr(self.config, "rtol", 0.0))
+                else:
+                    self._sums.add(checked, position, self.spec.name)
             else:
-                self._sums.add(checked, position, self.spec.name)
-        else:
-            self._held.append(update)
-        if self._first is None:
-            self._first = checked if rule is not None else update
+                self._held.append(update)
+        finally:
+            self._offered += 1
+        if self._first is None:  # its shapes only (meta tensors): it holds no memory
+            self._first = ClientUpdate(checked.B.to("meta"), checked.A.to("meta"),
+                                       checked.num_examples, checked.scaling)
         self.count += 1
 
     def result(self) -> ServerState:
@@ -93,8 +109,7 @@ class Accumulator:
     def tensors(self) -> list[Tensor]:
         """Every tensor the accumulator holds (what its memory is made of)."""
         held = [t for u in self._held for t in (u.B, u.A)]
-        first = [] if self._first is None or self._held else [self._first.B, self._first.A]
-        return held + first + ([] if self._sums is None else self._sums.tensors())
+        return held + ([] if self._sums is None else self._sums.tensors())
 
 
 class _FactorSums:
@@ -112,7 +127,12 @@ class _FactorSums:
         self.shared = {f: getattr(first, f) for f in ("A", "B")
                        if f in rule.shared or rule.one_shared}
 
-    def add(self, u: ClientUpdate, index: int, method: str) -> None:
+    def shared_after(self, u: ClientUpdate, index: int, method: str) -> dict[str, Tensor]:
+        """The factors still shared by every client once ``u`` is added.
+
+        Raises:
+            InvalidUpdateError: ``u`` does not share a factor the rule needs shared.
+        """
         still = {f: ref for f, ref in self.shared.items() if self._same(ref, getattr(u, f))}
         lost = [f for f in self.rule.shared if f not in still]
         if lost or (self.rule.one_shared and not still):
@@ -122,7 +142,10 @@ class _FactorSums:
                                      f"{self.rtol:g} of its largest entry); `{method}` needs "
                                      f"{need} shared by every client (frozen at the server's "
                                      "copy).", index)
-        self.shared = still
+        return still
+
+    def add(self, u: ClientUpdate, index: int, method: str) -> None:
+        self.shared = self.shared_after(u, index, method)
         self.dtype = torch.promote_types(self.dtype, u.B.dtype)
         self.n += u.num_examples
         self.ns += u.num_examples * u.scaling

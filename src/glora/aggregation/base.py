@@ -195,14 +195,19 @@ def rank_option_problems(rank: object) -> list[str]:
 
 
 def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
-                     method: str = "") -> list[ClientUpdate]:
+                     method: str = "", reference: ClientUpdate | None = None,
+                     ) -> list[ClientUpdate]:
     """Check a round's updates; return them in one common floating dtype (at least float32).
+
+    ``reference`` is client 0's update, already checked, where ``updates`` are later ones (an
+    accumulator's): the layer shape and rank are compared with it, and it is not checked again.
 
     Raises:
         InvalidUpdateError: naming the client index and the problem.
     """
     if not isinstance(updates, (list, tuple)) or len(updates) == 0:
         raise InvalidUpdateError("no client updates to aggregate (the list is empty).")
+    first = updates[0] if reference is None else reference
     dtype = None
     largest: dict[tuple[int, str], float] = {}  # max |entry| of each factor (one pass over it)
     for i, u in enumerate(updates):
@@ -223,7 +228,7 @@ def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
             raise InvalidUpdateError(
                 f"rank mismatch: `B` is {tuple(u.B.shape)} (rank {u.B.shape[1]}) but `A` is "
                 f"{tuple(u.A.shape)} (rank {u.A.shape[0]}); expected B: d_out x r, A: r x d_in.", i)
-        d_out, d_in = updates[0].B.shape[0], updates[0].A.shape[1]
+        d_out, d_in = first.B.shape[0], first.A.shape[1]
         if (u.B.shape[0], u.A.shape[1]) != (d_out, d_in):
             raise InvalidUpdateError(
                 f"layer shape {u.B.shape[0]} x {u.A.shape[1]} differs from client 0's "
@@ -238,9 +243,9 @@ def validate_updates(updates: list[ClientUpdate], *, mixed_ranks: bool = True,
         if not isinstance(u.scaling, (int, float)) or not math.isfinite(u.scaling) \
                 or u.scaling <= 0:
             raise InvalidUpdateError(f"`scaling` must be a positive finite number, got {u.scaling!r}.", i)
-        if not mixed_ranks and u.rank != updates[0].rank:
+        if not mixed_ranks and u.rank != first.rank:
             raise InvalidUpdateError(
-                f"rank {u.rank} differs from client 0's rank {updates[0].rank}, and `{method}` "
+                f"rank {u.rank} differs from client 0's rank {first.rank}, and `{method}` "
                 "needs equal ranks; use a method that takes mixed ranks (glora, flexlora, flora, "
                 "hetlora) or give every client the same rank.", i)
     assert dtype is not None
