@@ -105,3 +105,75 @@ def test_a_bad_layer_in_threads_names_the_first_bad_layer_and_client():
     with pytest.raises(InvalidUpdateError) as info:
         aggregate_model(GlobalModel("glora"), replies, threads=2)
     assert (info.value.key, info.value.client) == ("l2", 1)
+
+
+# -- one reply at a time -------------------------------------------------------------------------
+def headed_reply(client: int) -> ClientReply:
+    """A reply of 6 layers (mixed ranks for mixed-rank methods) with a head holding its id."""
+    r = layered_reply(client)
+    return ClientReply(client, r.adapter, {"h": torch.full((3,), float(client))}, r.num_examples,
+                       r.scaling)
+
+
+def layered_reply_equal(client: int) -> ClientReply:
+    """:func:`headed_reply` at one rank (for equal-rank methods)."""
+    g = torch.Generator().manual_seed(client)
+    adapter = {}
+    for j in range(6):
+        adapter[f"l{j}" + LORA_B] = torch.randn(24, RANK, generator=g)
+        adapter[f"l{j}" + LORA_A] = torch.randn(RANK, 20, generator=g)
+    return ClientReply(client, adapter, {"h": torch.full((3,), float(client))}, 10 + client,
+                       SCALING)
+
+
+@pytest.mark.parametrize("method", ["fedit", "glora"])
+def test_the_model_accumulator_gives_the_list_aggregate(method: str) -> None:
+    replies = [headed_reply(i) if method == "glora" else layered_reply_equal(i) for i in range(5)]
+    acc = global_model.ModelAccumulator(GlobalModel(method))
+    for r in replies:
+        acc.add(r)
+    mine, theirs = acc.result(), aggregate_model(GlobalModel(method), replies)
+    assert (mine.round, list(mine.layers), list(mine.head)) == \
+        (theirs.round, list(theirs.layers), list(theirs.head))
+    for key, state in theirs.layers.items():
+        torch.testing.assert_close(mine.layers[key].delta(), state.delta())
+    torch.testing.assert_close(mine.head["h"], theirs.head["h"])
+
+
+@pytest.mark.parametrize("break_it, key, reason", [
+    (lambda a, h: a["l4" + LORA_B].__setitem__((0, 0), float("nan")), "l4", "`B`"),
+    (lambda a, h: a.pop("l5" + LORA_A), "l5", "has no matching"),
+    (lambda a, h: h.update(h=torch.zeros(4)), None, "head `h` has shape (4,)"),
+])
+def test_a_bad_reply_is_rejected_whole_and_the_accumulator_goes_on(break_it, key, reason):
+    """Layers 0-3 of the bad reply are fine: none of them may be folded in."""
+    replies = [layered_reply_equal(i) for i in range(3)]
+    break_it(replies[1].adapter, replies[1].head)
+    acc = global_model.ModelAccumulator(GlobalModel("fedit"))
+    acc.add(replies[0])
+    with pytest.raises(InvalidUpdateError) as info:
+        acc.add(replies[1])
+    assert info.value.client == 1 and info.value.key == key and reason in str(info.value)
+    acc.add(replies[2])
+    mine, theirs = acc.result(), aggregate_model(GlobalModel("fedit"), [replies[0], replies[2]])
+    assert acc.count == 2
+    for k, state in theirs.layers.items():
+        torch.testing.assert_close(mine.layers[k].delta(), state.delta())
+    torch.testing.assert_close(mine.head["h"], theirs.head["h"])
+
+
+def test_a_rejected_first_reply_sets_nothing_the_next_ones_are_checked_against():
+    """Client 0's reply has an extra layer and a NaN: rejected, it must not fix the layer set."""
+    replies = [layered_reply_equal(i) for i in range(3)]
+    bad = layered_reply_equal(9)
+    bad.adapter["l9" + LORA_B], bad.adapter["l9" + LORA_A] = torch.ones(24, RANK), torch.ones(RANK, 20)
+    bad.adapter["l0" + LORA_B][0, 0] = float("nan")
+    acc = global_model.ModelAccumulator(GlobalModel("fedit"))
+    with pytest.raises(InvalidUpdateError):
+        acc.add(bad)
+    for r in replies:
+        acc.add(r)
+    mine, theirs = acc.result(), aggregate_model(GlobalModel("fedit"), replies)
+    assert list(mine.layers) == list(theirs.layers)
+    for k, state in theirs.layers.items():
+        torch.testing.assert_close(mine.layers[k].delta(), state.delta())

@@ -5,7 +5,9 @@ The fuzz tests allow exactly two outcomes: a correct result, or one of the proje
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 from fractions import Fraction
 from types import SimpleNamespace
 
@@ -345,6 +347,50 @@ def test_decode_failures_the_engine_found_are_recorded_as_rejections():
     assert record["rejected"] == {2: "decode: bad array"} and record["clients"] == [0, 1]
 
 
+def folded_references(stream: bool, clients: int = 30) -> tuple[list[int], FederatedServer]:
+    """A FedIT round fed by a generator; for each reply, how many earlier replies (the one just
+    before aside: the server's loop still names it) were alive when it was made."""
+    cfg = load_config(None, [f"data.num_clients={clients}", "lora.ranks=[2]", "methods=[fedit]",
+                             *STREAM[1:], f"server.stream={str(stream).lower()}"])
+    srv = FederatedServer(cfg, "fedit", None, SCHEMA)
+    srv.configure(list(range(clients)))
+    refs: list[weakref.ref] = []
+    alive: list[int] = []
+
+    def replies():
+        for c in range(clients):
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in refs[:-1]))
+            r = result(c, 2, n=10 + c)
+            refs.append(weakref.ref(r.adapter["p" + LORA_B]))
+            yield r
+
+    srv.aggregate(replies())
+    return alive, srv
+
+
+def test_a_streaming_round_keeps_none_of_the_replies_it_folded_in():
+    """``server.stream``: the server's memory does not grow with the replies; the list path
+    (the control) holds every one until the round is aggregated. Both give the same round."""
+    streamed, stream_srv = folded_references(True)
+    listed, list_srv = folded_references(False)
+    assert max(streamed) == 0 and listed == [max(0, c - 1) for c in range(len(listed))]
+    assert stream_srv.streams() and not list_srv.streams()
+    mine, theirs = stream_srv.state.model, list_srv.state.model
+    torch.testing.assert_close(mine.total_delta()["p"], theirs.total_delta()["p"])
+    torch.testing.assert_close(mine.head["h"], theirs.head["h"])
+    assert stream_srv.state.history[0]["clients"] == list(range(30))
+
+
+def test_a_streaming_round_rejects_a_second_reply_from_one_client():
+    srv = FederatedServer(load_config(None, ["data.num_clients=4", "lora.ranks=[2]",
+                                             "methods=[fedit]", *STREAM]), "fedit", None, SCHEMA)
+    srv.configure([0, 1, 2])
+    record = srv.aggregate(iter([result(0, 2), result(1, 2), result(0, 2, scale=3.0)]))
+    assert record["clients"] == [0, 1]
+    assert record["rejected"][0].startswith("client: answered more than once")
+
+
 # -- configuration -------------------------------------------------------------------------------
 @pytest.mark.parametrize("override, message", [
     ("server.min_clients=0", r"`server.min_clients` must be at least 1"),
@@ -358,6 +404,8 @@ def test_decode_failures_the_engine_found_are_recorded_as_rejections():
                                      r"allowed: 0.25..1 or null"),
     ("server.clip=1", r"unknown key `server.clip`; allowed keys here: \['clip_norm'"),
     ("server.retries=two", r"`server.retries` must be of type int"),
+    ("server.stream=true", r"`server.max_update_norm: auto` and `eval.shadow: true` need the "
+                           r"whole round at once: set `server.max_update_norm` to a number"),
 ])
 def test_bad_server_settings_are_named_with_the_allowed_values(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -383,18 +431,25 @@ BREAKS = {
 }
 
 
+#: What ``server.stream`` needs besides itself (checks that see one reply at a time).
+STREAM = ["server.stream=true", "server.max_update_norm=null", "eval.shadow=false"]
+SCHEMA = ReplySchema({"p": (6, 5)}, {"h": (2,)})
+
+
 @FUZZ
 @given(broken=st.lists(st.sampled_from([None, *BREAKS]), min_size=1, max_size=4),
-       method=st.sampled_from(["glora", "flexlora", "fedit"]), min_clients=st.integers(1, 2))
-def test_a_round_with_any_replies_completes_with_the_valid_ones_or_stays_put(broken, method,
-                                                                              min_clients):
+       method=st.sampled_from(["glora", "flexlora", "fedit", "ffa"]),
+       min_clients=st.integers(1, 2), stream=st.booleans())
+def test_a_round_with_any_replies_completes_with_the_valid_ones_or_stays_put(
+        broken, method, min_clients, stream):
     """Random and adversarial replies to ``FederatedServer.aggregate``: the round either
     aggregates exactly the valid replies (the state equals a server given those alone, every
     other reply is in ``rejected``) or raises AggregationError and leaves the state as it was.
-    Never anything else."""
+    Never anything else. The replies come from a one-pass iterator; with ``server.stream``
+    FedIT and FFA-LoRA (their clients' ``A`` is one seed's) fold them one at a time."""
     n = len(broken)
     cfg = ["data.num_clients=4", "lora.ranks=[2]", f"methods=[{method}]",
-           f"server.min_clients={min_clients}"]
+           f"server.min_clients={min_clients}", *(STREAM if stream else [])]
     replies = [result(c, 2) for c in range(n)]
     for r in replies:
         r.adapter = {k: v.float() for k, v in r.adapter.items()}
@@ -402,16 +457,18 @@ def test_a_round_with_any_replies_completes_with_the_valid_ones_or_stays_put(bro
     for r, b in zip(replies, broken):
         if b is not None:
             BREAKS[b](r)
-    srv, clean = (FederatedServer(load_config(None, cfg), method, None) for _ in range(2))
+    srv, clean = (FederatedServer(load_config(None, cfg), method, None, SCHEMA if stream else None)
+                  for _ in range(2))
     srv.configure(list(range(n)))
+    event(f"streams: {srv.streams()}")
     before = srv.state
     if len(valid) < min_clients:
         with pytest.raises(AggregationError):
-            srv.aggregate(replies)
+            srv.aggregate(iter(replies))
         assert srv.state is before
         event("retried: too few valid replies")
         return
-    record = srv.aggregate(replies)
+    record = srv.aggregate(iter(replies))
     assert record["clients"] == [r.client_id for r in valid]
     assert {client_key(r) for r, b in zip(replies, broken) if b} == set(record["rejected"])
     clean.configure(list(range(n)))

@@ -141,6 +141,12 @@ class ServerConfig:
     device: str = "cpu"
     # Layers aggregated at once, in threads that share the process's torch and BLAS threads.
     threads: int = 1
+    # Fold each valid reply into running sums as it is screened (glora.global_model's
+    # ModelAccumulator), for the methods whose aggregate is linear in the factors: the server's
+    # state stays O(d r) a layer however many clients reply. The other methods aggregate the
+    # round's list. Needs the checks that see one reply at a time: `max_update_norm` a number or
+    # null, no `max_client_weight`, `eval.shadow: false`.
+    stream: bool = False
 
 
 @dataclass
@@ -173,7 +179,7 @@ IMPLIED_BEFORE = {"train.lr_schedule": "constant", "train.device": "auto",
                   "train.dp_delta": 1e-5, "server.norm_factor": 10.0,
                   "data.num_labels": None, "eval.federated": False, "eval.server_data": None,
                   "model.dtype": "fp32", "server.device": "cpu", "server.threads": 1,
-                  "eval.shadow": True}
+                  "server.stream": False, "eval.shadow": True}
 
 CHOICES = {"data.partition": ("iid", "dirichlet", "task"), "lora.rank_sampling": ("cycle", "random"),
            "lora.equal_rank": ("min", "max", "error"), "train.optimizer": ("adamw", "sgd"),
@@ -351,6 +357,17 @@ def _validate_server(cfg: ExperimentConfig, problems: list[str]) -> None:
         value = getattr(srv, key)
         if value is not None and not isinstance(value, str) and not 0 < value < math.inf:
             problems.append(f"`server.{key}` must be a positive number or null, got {value}.")
+    if srv.stream:
+        whole = [f"`{key}: {value}`" for key, value, needs_all in (
+            ("server.max_update_norm", srv.max_update_norm, srv.max_update_norm == "auto"),
+            ("server.max_client_weight", srv.max_client_weight, srv.max_client_weight is not None),
+            ("eval.shadow", "true", cfg.eval.shadow)) if needs_all]
+        if whole:
+            problems.append(f"`server.stream: true` folds replies one at a time, but "
+                            f"{' and '.join(whole)} need the whole round at once: set "
+                            "`server.max_update_norm` to a number or null, "
+                            "`server.max_client_weight: null` and `eval.shadow: false`, or "
+                            "`server.stream: false`.")
     share = srv.max_client_weight
     if share is not None and not 0 < share <= 1:
         problems.append(f"`server.max_client_weight` must be in (0, 1] or null, got {share}.")

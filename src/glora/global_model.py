@@ -18,7 +18,7 @@ import threadpoolctl
 import torch
 from torch import Tensor
 
-from glora.aggregation import ClientUpdate, ServerState, aggregate, get_method
+from glora.aggregation import Accumulator, ClientUpdate, ServerState, aggregate, get_method
 from glora.aggregation.shadow import shadow_norms
 from glora.errors import InvalidUpdateError
 
@@ -266,19 +266,117 @@ def _dense(update: Tensor | tuple[Tensor, Tensor] | None) -> Tensor | None:
     return update if update is None or isinstance(update, Tensor) else update[0] @ update[1]
 
 
-def _average_heads(replies: list[ClientReply]) -> dict[str, Tensor]:
-    keys = sorted(replies[0].head)
-    total = sum(r.num_examples for r in replies)
-    out = {}
-    for i, r in enumerate(replies):
-        if sorted(r.head) != keys:
-            raise InvalidUpdateError(f"head keys {sorted(r.head)} differ from client 0's {keys}.", i)
-        for k in keys:
-            if r.head[k].shape != replies[0].head[k].shape:
-                raise InvalidUpdateError(f"head `{k}` has shape {tuple(r.head[k].shape)}, expected "
-                                         f"{tuple(replies[0].head[k].shape)}.", i)
-            if not bool(torch.isfinite(r.head[k]).all()):
-                raise InvalidUpdateError(f"head `{k}` has non-finite values.", i)
+def _head_problem(head: dict[str, Tensor], reference: dict[str, Tensor]) -> str | None:
+    """Why ``head`` cannot be averaged with client 0's ``reference``; ``None`` when it can."""
+    keys = sorted(reference)
+    if sorted(head) != keys:
+        return f"head keys {sorted(head)} differ from client 0's {keys}."
     for k in keys:
-        out[k] = sum(r.num_examples / total * r.head[k] for r in replies)
-    return out
+        if head[k].shape != reference[k].shape:
+            return f"head `{k}` has shape {tuple(head[k].shape)}, expected " \
+                   f"{tuple(reference[k].shape)}."
+        if not bool(torch.isfinite(head[k]).all()):
+            return f"head `{k}` has non-finite values."
+    return None
+
+
+def _average_heads(replies: list[ClientReply]) -> dict[str, Tensor]:
+    for i, r in enumerate(replies):
+        problem = _head_problem(r.head, replies[0].head)
+        if problem:
+            raise InvalidUpdateError(problem, i)
+    total = sum(r.num_examples for r in replies)
+    return {k: sum(r.num_examples / total * r.head[k] for r in replies)
+            for k in sorted(replies[0].head)}
+
+
+class ModelAccumulator:
+    """:func:`aggregate_model` fed one reply at a time, as replies arrive.
+
+    Each layer has a :class:`glora.Accumulator`, and heads are summed as they come. For a method
+    with a stream rule (FedIT, FFA-LoRA, FedSVD, RoLoRA, FedSA-LoRA) the state is the running
+    sums, ``O(d r)`` a layer, whatever the number of replies; for the others the layers'
+    accumulators keep references to the updates (their aggregate needs all of them at once).
+    A reply is checked in every layer and its head before any of it is added, so a bad one is
+    rejected whole and the accumulator stays as it was. The result equals
+    :func:`aggregate_model`'s up to the order of floating-point sums.
+
+    Args:
+        previous: the model of the round before.
+        device: where the layers' updates are folded and aggregated (``server.device``).
+    """
+
+    def __init__(self, previous: GlobalModel, device: str | torch.device = "cpu") -> None:
+        self.previous, self.device = previous, torch.device(device)
+        self.count = 0  # replies added
+        self._offered = 0  # replies given to `add`, rejected ones included: their positions
+        self._layers: dict[str, Accumulator] = {}
+        self._head: dict[str, Tensor] = {}  # sum of n_i * head_i, float64
+        self._head_ref: dict[str, Tensor] | None = None  # client 0's keys, shapes, dtypes
+        self._examples = 0
+
+    def add(self, reply: ClientReply) -> None:
+        """Check ``reply`` in every layer and fold it in.
+
+        Raises:
+            InvalidUpdateError: naming the reply's position (0-based, in the order given to
+                ``add``, rejected ones included) and the layer; nothing of it is added.
+        """
+        position = self._offered
+        self._offered += 1
+        try:
+            layers, _ = split_adapter(reply.adapter)
+        except InvalidUpdateError as err:
+            raise InvalidUpdateError(err.reason, position, err.key) from None
+        head = reply.head
+        accumulators = self._layers or {  # client 0's layers, kept once its reply is valid
+            k: Accumulator(self.previous.method, **self.previous.options) for k in sorted(layers)}
+        if sorted(layers) != list(accumulators):
+            missing = sorted(set(accumulators) - set(layers))
+            extra = sorted(set(layers) - set(accumulators))
+            raise InvalidUpdateError(f"adapter layers differ from client 0's (missing {missing}, "
+                                     f"unexpected {extra}).", position)
+        problem = _head_problem(head, head if self._head_ref is None else self._head_ref)
+        if problem:
+            raise InvalidUpdateError(problem, position)
+        updates, checked = {}, {}
+        for key, acc in accumulators.items():
+            B, A = layers[key]
+            updates[key] = ClientUpdate(B.to(self.device), A.to(self.device), reply.num_examples,
+                                        reply.scaling)
+            try:
+                checked[key] = acc.check(updates[key])
+            except InvalidUpdateError as err:
+                raise InvalidUpdateError(err.reason, position, key) from None
+        for key, acc in accumulators.items():
+            acc.add(updates[key], checked[key])
+        self._layers = accumulators
+        if self._head_ref is None:  # client 0's head shapes and dtypes (meta: no memory)
+            self._head_ref = {k: v.to("meta") for k, v in head.items()}
+            self._head = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in head.items()}
+        for k, v in head.items():
+            self._head[k].add_(v.double(), alpha=reply.num_examples)
+        self._examples += reply.num_examples
+        self.count += 1
+
+    def result(self, merge: bool = True) -> GlobalModel:
+        """The new :class:`GlobalModel` from every reply added (``merge`` as for
+        :func:`aggregate_model`).
+
+        Raises:
+            InvalidUpdateError: no reply was added, or a layer's aggregate failed (naming it).
+        """
+        if self.count == 0:
+            raise InvalidUpdateError("no client replies to aggregate (none was added).")
+        layers = {}
+        for key, acc in self._layers.items():
+            try:
+                layers[key] = on_cpu(acc.result())
+            except InvalidUpdateError as err:
+                raise InvalidUpdateError(err.reason, err.client, key) from None
+        assert self._head_ref is not None
+        head = {k: (v / self._examples).to(self._head_ref[k].dtype)
+                for k, v in sorted(self._head.items())}
+        model = GlobalModel(self.previous.method, dict(self.previous.options),
+                            self.previous.round + 1, layers, dict(self.previous.base), head)
+        return merge_base(model) if merge else model

@@ -74,6 +74,15 @@ def update_norm(B: Tensor, A: Tensor, scaling: float) -> float:
     return abs(scaling) * math.sqrt(max(float(((B.mT @ B) * (A @ A.mT)).sum()), 0.0))
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """A reply the engine could not decode, passed to the server in its place so that the
+    rejection is recorded where the reply would have been screened."""
+
+    client_id: Any
+    reason: str  # "decode: <why>"
+
+
 def client_key(result: Any) -> Any:
     """How a result's client is named in a round's ``rejected``: its id, or the id's repr where
     that is not an integer."""
@@ -83,7 +92,10 @@ def client_key(result: Any) -> Any:
 
 def result_problem(result: Any) -> str | None:
     """Why a client's result cannot even be screened (``"<check>: <detail>"``): an id, loss or
-    part of the wrong type; ``None`` when it can."""
+    part of the wrong type, or the engine's reason for an :class:`Undecodable` one; ``None``
+    when it can."""
+    if isinstance(result, Undecodable):
+        return result.reason
     cid = getattr(result, "client_id", None)
     if isinstance(cid, bool) or not isinstance(cid, int):
         return f"client: `client_id` must be an integer, got {cid!r}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,8 +24,8 @@ from glora.config import ExperimentConfig
 from glora.contract import TrainTask
 from glora.devices import resolve_device
 from glora.errors import AggregationError, InvalidUpdateError
-from glora.global_model import (LORA_B, ClientReply, GlobalModel, aggregate_model, merge_base,
-                                shadow, split_adapter, upload_bytes)
+from glora.global_model import (LORA_B, ClientReply, GlobalModel, ModelAccumulator,
+                                aggregate_model, merge_base, shadow, split_adapter, upload_bytes)
 from glora.training import privacy
 
 from . import checkpoint, plan
@@ -78,6 +79,16 @@ def state_classes() -> list[type]:
 def load_state(path: Path) -> RunState:
     """A :class:`RunState` checkpoint, loaded without running any pickled code."""
     return checkpoint.load(path, state_classes())
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """What a round keeps of a reply it aggregated."""
+
+    client_id: int
+    train_loss: float
+    bytes_up: int
+    kept: dict[str, Tensor] | None  # the parts the method keeps on the client, if any
 
 
 class FederatedServer:
@@ -155,7 +166,7 @@ class FederatedServer:
                 dp_noise_multiplier=self.noise, dp_max_grad_norm=self.cfg.train.dp_max_grad_norm))
         return tasks
 
-    def aggregate(self, results: list, extra: dict[str, Any] | None = None,
+    def aggregate(self, results: Iterable[Any], extra: dict[str, Any] | None = None,
                   rejected: dict[Any, str] | None = None) -> dict[str, Any]:
         """Screen the round's results, aggregate the valid ones, evaluate; return the record.
 
@@ -169,43 +180,31 @@ class FederatedServer:
         truncation, ``R`` the largest client rank), timed apart from the server's work, unless
         ``eval.shadow`` is off.
 
+        With ``server.stream`` (:meth:`streams`), ``results`` are taken one at a time: each is
+        screened, clipped and folded into a :class:`~glora.global_model.ModelAccumulator`, and
+        none is kept, so the server's memory does not grow with the replies (an engine that
+        passes a lazy iterable holds one at a time). A client answering twice then has its later
+        replies rejected; the first was folded in when it came.
+
         Raises:
             AggregationError: fewer than ``server.min_clients`` valid results, or the round was
                 not configured; ``state`` unchanged.
             InvalidUpdateError: the method rejected the round as a whole (naming the round and
                 the layer); ``state`` unchanged.
         """
-        t, number, srv = self.round, self.round + 1, self.cfg.server
+        t, number = self.round, self.round + 1
         if self._asked[0] != t:
             raise AggregationError(f"round {number} was not configured: call configure() first.")
         rejected = dict(rejected or {})
-        accepted, schema = self._screen(results, rejected)
-        for c, reason in rejected.items():
+        for c, reason in rejected.items():  # what the engine could not decode
             log.warning("%s: round %d: rejected client %s: %s", self.label, number, c, reason)
-        started = time.perf_counter()
-        while True:
-            if len(accepted) < srv.min_clients:
-                raise AggregationError(
-                    f"{self.label}: round {number}: {len(accepted)} valid replies of "
-                    f"{len(self._asked[1])} clients asked, `server.min_clients` = "
-                    f"{srv.min_clients} needed (rejected: {rejected or 'none'}); the state stays "
-                    f"at round {t}.")
-            guarded = self._guard(accepted)
-            try:
-                new_model = aggregate_model(self.state.model, guarded, merge=False,
-                                            device=self.device,
-                                            threads=self.cfg.server.threads)
-                break
-            except InvalidUpdateError as err:  # one client's update the method cannot take
-                if err.client is None:
-                    raise InvalidUpdateError(f"round {number}: {err.reason}", None,
-                                             err.key) from None
-                bad = guarded[err.client].client_id
-                rejected[bad] = f"aggregation: {err}"
-                log.warning("%s: round %d: rejected client %s: %s", self.label, number, bad,
-                            rejected[bad])
-                accepted = [r for r in accepted if r.client_id != bad]
-        server_seconds = time.perf_counter() - started
+        arrivals: list[tuple[Any, Any]] = []  # (client id, examples) of every result: DP account
+        if self.streams():
+            new_model, taken, schema, server_seconds = self._fold(results, rejected, arrivals)
+            guarded: list[ClientReply] = []
+        else:
+            new_model, taken, schema, server_seconds, guarded = self._aggregate_list(
+                results, rejected, arrivals)
         distances: dict[str, float] = {}
         if self.cfg.eval.shadow:  # analysis, not server work
             started = time.perf_counter()
@@ -214,20 +213,20 @@ class FederatedServer:
         started = time.perf_counter()
         new_model = merge_base(new_model)  # the clients' merge into their frozen weights
         client_merge_seconds = time.perf_counter() - started
-        clients = [r.client_id for r in accepted]
+        clients = [c.client_id for c in taken]
         old = self.state.model
         bytes_down = sum(old.download_bytes(self.ranks[c], self.scaling(c)) for c in clients) \
             if old.layers else 0
         local = dict(self.state.local)
-        local.update(self._kept(accepted))
+        local.update({c.client_id: c.kept for c in taken if c.kept is not None})
         record: dict[str, Any] = {
             "method": self.method, "label": self.label, "round": new_model.round,
             "clients": clients, "rejected": rejected,
-            "train_loss": sum(r.metrics["train_loss"] for r in accepted) / len(accepted),
-            "bytes_up": sum(upload_bytes(self.method, r, t) for r in accepted),
+            "train_loss": sum(c.train_loss for c in taken) / len(taken),
+            "bytes_up": sum(c.bytes_up for c in taken),
             "bytes_down": bytes_down, "server_seconds": server_seconds,
             "client_merge_seconds": client_merge_seconds, **distances, **(extra or {})}
-        spent = self._account(results) if self.noise is not None else self.state.privacy
+        spent = self._account(arrivals) if self.noise is not None else self.state.privacy
         if self.noise is not None:
             eps = {c: privacy.epsilon(h, self.cfg.train.dp_delta) for c, h in spent.items()}
             record.update(dp_epsilon=eps, dp_epsilon_max=max(eps.values()))
@@ -242,53 +241,156 @@ class FederatedServer:
                 record.update(self.federated())
         return record
 
+    def streams(self) -> bool:
+        """Whether this round's replies are folded in one at a time (``server.stream``, for a
+        method with a stream rule, once the reply shapes are known)."""
+        return self.cfg.server.stream and self.spec.stream is not None \
+            and self.state.schema is not None
+
+    def _aggregate_list(self, results: Iterable[Any], rejected: dict[Any, str],
+                        arrivals: list[tuple[Any, Any]],
+                        ) -> tuple[GlobalModel, list[_Taken], validation.ReplySchema | None,
+                                   float, list[ClientReply]]:
+        """The round from all its replies at once: the new model (not merged), the replies
+        taken, their schema, the server's seconds and the replies as aggregated (guarded)."""
+        accepted, schema = self._screen(list(results), rejected, arrivals)
+        started = time.perf_counter()
+        while True:
+            self._enough(len(accepted), rejected)
+            guarded = self._guard(accepted)
+            try:
+                new_model = aggregate_model(self.state.model, guarded, merge=False,
+                                            device=self.device,
+                                            threads=self.cfg.server.threads)
+                break
+            except InvalidUpdateError as err:  # one client's update the method cannot take
+                if err.client is None:
+                    raise InvalidUpdateError(f"round {self.round + 1}: {err.reason}", None,
+                                             err.key) from None
+                bad = guarded[err.client].client_id
+                self._reject(rejected, bad, f"aggregation: {err}")
+                accepted = [r for r in accepted if r.client_id != bad]
+        taken = [self._taken(r) for r in accepted]
+        return new_model, taken, schema, time.perf_counter() - started, guarded
+
+    def _fold(self, results: Iterable[Any], rejected: dict[Any, str],
+              arrivals: list[tuple[Any, Any]],
+              ) -> tuple[GlobalModel, list[_Taken], validation.ReplySchema | None, float]:
+        """The round from its replies taken one at a time (:meth:`streams`): as
+        :meth:`_aggregate_list`, keeping only what the record needs of each reply."""
+        schema = self.state.schema
+        assert schema is not None
+        acc = ModelAccumulator(self.state.model, self.device)
+        taken: list[_Taken] = []
+        seconds = 0.0
+        for result in results:
+            reply = self._typed(result, rejected, arrivals)
+            if reply is None:
+                continue
+            c = reply.client_id
+            if c in rejected or any(t.client_id == c for t in taken):
+                self._reject(rejected, c, "client: answered more than once (the first reply was "
+                                          "folded in as it came; `server.stream`)")
+                continue
+            reason = self._reply_problem(reply, schema)
+            if reason is not None:
+                self._reject(rejected, c, reason)
+                continue
+            started = time.perf_counter()
+            try:
+                acc.add(self._guard([reply])[0])
+            except InvalidUpdateError as err:
+                self._reject(rejected, c, f"aggregation: {err}")
+                continue
+            finally:
+                seconds += time.perf_counter() - started
+            taken.append(self._taken(reply))
+        self._enough(len(taken), rejected)
+        started = time.perf_counter()
+        try:
+            new_model = acc.result(merge=False)
+        except InvalidUpdateError as err:
+            raise InvalidUpdateError(f"round {self.round + 1}: {err.reason}", None,
+                                     err.key) from None
+        return new_model, taken, schema, seconds + time.perf_counter() - started
+
+    def _enough(self, valid: int, rejected: dict[Any, str]) -> None:
+        """Raise :class:`AggregationError` when ``valid`` replies are too few for a round."""
+        srv, t = self.cfg.server, self.round
+        if valid < srv.min_clients:
+            raise AggregationError(
+                f"{self.label}: round {t + 1}: {valid} valid replies of "
+                f"{len(self._asked[1])} clients asked, `server.min_clients` = "
+                f"{srv.min_clients} needed (rejected: {rejected or 'none'}); the state stays "
+                f"at round {t}.")
+
+    def _reject(self, rejected: dict[Any, str], client: Any, reason: str) -> None:
+        rejected[client] = reason
+        log.warning("%s: round %d: rejected client %s: %s", self.label, self.round + 1, client,
+                    reason)
+
+    def _typed(self, result: Any, rejected: dict[Any, str],
+               arrivals: list[tuple[Any, Any]]) -> ClientReply | None:
+        """``result`` as a :class:`ClientReply` of a client asked this round; ``None`` (and the
+        reason in ``rejected``) where its types or its client are wrong."""
+        arrivals.append((getattr(result, "client_id", None), getattr(result, "num_examples", None)))
+        reason = validation.result_problem(result)
+        if reason is None:
+            reason = validation.unexpected_clients([result.client_id], self._asked[1]).get(
+                result.client_id)
+        if reason is not None:
+            self._reject(rejected, validation.client_key(result), reason)
+            return None
+        return ClientReply(result.client_id, result.adapter, result.head, result.num_examples,
+                           self.scaling(result.client_id),
+                           {"train_loss": float(result.train_loss)})
+
+    def _reply_problem(self, reply: ClientReply, schema: validation.ReplySchema) -> str | None:
+        """Why ``reply`` fails the checks that look at it alone (shapes, rank, values, bounds)."""
+        srv = self.cfg.server
+        return validation.check_reply(
+            reply, self.ranks[reply.client_id], schema,
+            max_norm=None if srv.max_update_norm == "auto" else srv.max_update_norm,
+            known_examples=(self.examples or {}).get(reply.client_id),
+            max_examples=srv.max_examples)
+
     def _screen(self, results: list[Any], rejected: dict[Any, str],
+                arrivals: list[tuple[Any, Any]],
                 ) -> tuple[list[ClientReply], validation.ReplySchema | None]:
         """The valid replies among ``results`` and the shapes they follow; every other result
         goes into ``rejected`` (client id, or its repr where it is not one, -> reason)."""
         srv = self.cfg.server
-        typed = []
-        for r in results:
-            reason = validation.result_problem(r)
-            if reason is None:
-                typed.append(r)
-            else:
-                rejected[validation.client_key(r)] = reason
-        rejected.update(validation.unexpected_clients([r.client_id for r in typed],
-                                                      self._asked[1]))
-        replies = [ClientReply(r.client_id, r.adapter, r.head, r.num_examples,
-                               self.scaling(r.client_id), {"train_loss": float(r.train_loss)})
-                   for r in typed if r.client_id not in rejected]
+        typed = [r for r in (self._typed(x, rejected, arrivals) for x in results) if r is not None]
+        for c, reason in validation.unexpected_clients([r.client_id for r in typed],
+                                                       self._asked[1]).items():
+            self._reject(rejected, c, reason)
+        replies = [r for r in typed if r.client_id not in rejected]
         schema = self.state.schema or validation.majority_schema(replies)
         accepted = []
         for r in replies:
             reason = "keys: no reply of this round follows one shape" if schema is None else \
-                validation.check_reply(
-                    r, self.ranks[r.client_id], schema,
-                    max_norm=None if srv.max_update_norm == "auto" else srv.max_update_norm,
-                    known_examples=(self.examples or {}).get(r.client_id),
-                    max_examples=srv.max_examples)
+                self._reply_problem(r, schema)
             if reason is None:
                 accepted.append(r)
             else:
-                rejected[r.client_id] = reason
+                self._reject(rejected, r.client_id, reason)
         if srv.max_update_norm == "auto":
             outliers = validation.norm_outliers(accepted, schema, srv.norm_factor)
-            rejected.update(outliers)
+            for c, reason in outliers.items():
+                self._reject(rejected, c, reason)
             accepted = [r for r in accepted if r.client_id not in outliers]
         return accepted, schema
 
-    def _account(self, results: list[Any]) -> dict[int, list[tuple[float, float, int]]]:
+    def _account(self, arrivals: list[tuple[Any, Any]]) -> dict[int, list[tuple[float, float, int]]]:
         """The privacy account with this round added for every asked client that replied: it
         trained, whether or not its reply was used."""
         spent = {c: list(h) for c, h in self.state.privacy.items()}
         train = self.cfg.train
-        for r in results:
-            c = getattr(r, "client_id", None)
+        for c, claimed in arrivals:
             if not isinstance(c, int) or c not in self._asked[1]:
                 continue
             # what the client holds, where known, not what it claims
-            n = (self.examples or {}).get(c, getattr(r, "num_examples", None))
+            n = (self.examples or {}).get(c, claimed)
             if isinstance(n, int) and n > 0:
                 rate = min(1.0, train.batch_size / n)
                 spent.setdefault(c, []).append((float(self.noise), rate, train.local_steps))
@@ -308,18 +410,16 @@ class FederatedServer:
             replies = robust.cap_weights(replies, srv.max_client_weight)
         return replies
 
-    def _kept(self, replies: list[ClientReply]) -> dict[int, dict[str, Tensor]]:
-        """The parts a method keeps on each client (FedSA-LoRA: ``B`` and the head)."""
-        if not self.spec.local:
-            return {}
-        kept = {}
-        for r in replies:
-            parts = {k: v for k, v in r.adapter.items() if k.endswith(LORA_B)} \
+    def _taken(self, reply: ClientReply) -> _Taken:
+        """What the record and the clients' kept state need of a reply taken into the round."""
+        kept = None
+        if self.spec.local:  # the parts the method keeps on the client (FedSA-LoRA: B and head)
+            kept = {k: v for k, v in reply.adapter.items() if k.endswith(LORA_B)} \
                 if "B" in self.spec.local else {}
             if "head" in self.spec.local:
-                parts.update(r.head)
-            kept[r.client_id] = parts
-        return kept
+                kept.update(reply.head)
+        return _Taken(reply.client_id, reply.metrics["train_loss"],
+                      upload_bytes(self.method, reply, self.round), kept)
 
     def federated(self) -> dict[str, Any]:
         """The global model (and, where a method keeps parts, each client's own model:

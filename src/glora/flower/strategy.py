@@ -21,7 +21,7 @@ a round aggregated completely.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,13 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from glora.contract import TrainResult
 from glora.errors import AggregationError
 from glora.federation import plan, rounds
 from glora.federation.plots import EVAL_PREFIXES, FEDERATED
 from glora.federation.server import FederatedServer, federated_means
 from glora.flower import codec
+from glora.validation import Undecodable
 
 
 #: Evaluation keys of the server's own evaluation (held-out set, FedSA-LoRA's personal models).
@@ -191,35 +193,44 @@ class GloraStrategy(Strategy):
     def _aggregate(self, server_round: int, replies: Iterable[Message]) -> dict[str, Any]:
         """Decode the replies, aggregate the valid ones, persist; return the round's record.
 
+        Replies are decoded one at a time, in client order, as the server takes them: with
+        ``server.stream`` only one decoded reply exists at a time besides the messages.
+
         Raises:
             AggregationError: too few valid replies; the state is unchanged.
         """
         seconds = time.perf_counter() - self._started
-        results, rejected = {}, {}
+        by_client: dict[int, Message] = {}
         for reply in replies:
             node = self._sent.get(reply.metadata.reply_to_message_id)
             client = self.partitions.get(node) if node is not None else None
             if reply.has_error():
                 log(WARNING, "round %d: client %s failed: %s", server_round, client,
                     reply.error.reason)
-                continue
-            try:
-                result = codec.decode_result(reply.content)
-            except Exception as err:  # noqa: BLE001 - a bad reply is a rejection, never a crash
-                rejected[client] = f"decode: {err}"
-                continue
-            if result.client_id != client:
-                log(WARNING, "round %d: the node of client %s answered for client %r; ignored.",
-                    server_round, client, result.client_id)
-                continue
-            results[client] = result
-        missing = sorted(set(self._sampled) - set(results) - set(rejected))
+            else:
+                by_client[client] = reply
+
+        def results() -> Iterator[TrainResult | Undecodable]:
+            for client in sorted(by_client, key=lambda c: (c is None, c or 0)):
+                try:
+                    result = codec.decode_result(by_client[client].content)
+                except Exception as err:  # noqa: BLE001 - a bad reply is a rejection, never a crash
+                    yield Undecodable(client, f"decode: {err}")
+                    continue
+                if result.client_id != client:
+                    yield Undecodable(client, f"client: the node of client {client} answered "
+                                              f"for client {result.client_id!r}")
+                    continue
+                yield result
+
+        missing = sorted(set(self._sampled) - set(by_client))
         extra = {"train_seconds": seconds, "missing_clients": missing, "attempt": self._attempt}
-        record = self.server.aggregate([results[c] for c in sorted(results)], extra, rejected)
+        record = self.server.aggregate(results(), extra)
         left_out = sorted(set(self._sampled) - set(record["clients"]))
         if left_out:
             log(WARNING, "round %d: aggregated without clients %s (missing: %s, rejected: %s)",
-                server_round, left_out, missing, sorted(map(str, record.get("rejected", {}))))
+                server_round, left_out, missing,
+                sorted(map(str, record.get("rejected", {}))))
         rounds.persist(self.server, self.out)
         return record
 
