@@ -88,15 +88,16 @@ def shared_start_clients(dtype: torch.dtype, d: int = 256, n: int = 48, r: int =
 
 def test_a_bulk_after_the_rank_does_not_hold_the_iteration():
     """With a wide gap at R and a bulk after it, the solver stops once the R wanted pairs have
-    converged and the next eigenvalue is known to a tenth of the gap: one Krylov cycle (it took
-    several while the pair after R also had to reach `solver_tol`)."""
+    converged and the next eigenvalue is known to a tenth of the gap: inside the first Krylov
+    cycle (it took several while the pair after R also had to reach `solver_tol`, and a whole
+    cycle while convergence was checked only at its end)."""
     from glora.aggregation import subspace
 
     ups = shared_start_clients(torch.float64)
     exact = glora.aggregate("glora", ups, rank=8)
     fast = glora.aggregate("glora", ups, rank=8, **RANDOMIZED)
     assert exact.info["eigengap"] > 0.5
-    assert fast.info["iterations"] <= subspace.DEPTH
+    assert fast.info["iterations"] < subspace.DEPTH
     assert rel(fast.delta(), exact.delta()) <= fast.info["error_estimate"] < 1e-6
 
 
