@@ -74,36 +74,72 @@ def top_eigenpairs(apply: Callable[[Tensor], Tensor], d: int, wanted: int, block
     products = 0
     while True:
         blocks, images = [X], []
+        T = X.new_empty(0, 0)  # basis^T K basis, grown by a column block per product
         for j in range(depth):
             images.append(apply(blocks[j]))
             products += 1
-            pairs, done = _rayleigh_ritz(torch.cat(blocks, 1), torch.cat(images, 1), block,
-                                         wanted, tol, next_fraction, products)
+            basis, image = torch.cat(blocks, 1), torch.cat(images, 1)
+            T = _grown(T, basis.mT @ images[-1])
+            ritz = _Ritz(basis, image, T, block)
+            done = ritz.converged(wanted, tol, next_fraction)
             if done or products >= max_iter:
-                return pairs
+                return ritz.pairs(products)
             if j + 1 == depth:
                 break
-            nxt = _extend(torch.cat(blocks, 1), images[-1])
+            nxt = _extend(basis, images[-1])
             if nxt.shape[1] == 0:
                 break
             blocks.append(nxt)
-        X = pairs.vectors
+        X = ritz.vectors()  # restart from the top `block` Ritz vectors
 
 
-def _rayleigh_ritz(basis: Tensor, image: Tensor, block: int, wanted: int, tol: float,
-                   next_fraction: float | None, products: int) -> tuple[RitzPairs, bool]:
-    """The top ``block`` Ritz pairs of ``K`` on ``basis`` (``image = K basis``) and whether they
-    are converged (:func:`top_eigenpairs`). Taken after every product, not once a cycle: it costs
-    ``O(d (depth block)^2)``, little beside a product's ``O(d m block)``, and a wide gap
-    converges in fewer products than a cycle holds."""
-    T = basis.mT @ image
-    lam, W = torch.linalg.eigh((T + T.mT) / 2)
-    lam, W = lam.flip(0)[:block], W.flip(1)[:, :block]
-    V, KV = basis @ W, image @ W
-    residuals = (KV - V * lam).norm(dim=0)
-    top = float(lam[0]) if float(lam[0]) > 0 else 1.0
-    done = lam.numel() >= wanted and bool((residuals[:wanted] <= tol * top).all())
-    if done and next_fraction is not None and wanted < lam.numel():
-        gap = float(lam[wanted - 1] - lam[wanted])
-        done = float(residuals[wanted]) <= max(tol * top, next_fraction * gap)
-    return RitzPairs(lam, V, residuals, products), done
+def _grown(T: Tensor, column: Tensor) -> Tensor:
+    """``T`` (``n x n``) with the column block ``column`` (``(n + k) x k``: the basis so far against
+    the new image) appended, and its transpose as the new row block (``K`` is symmetric)."""
+    n, k = T.shape[0], column.shape[1]
+    out = T.new_empty(n + k, n + k)
+    out[:n, :n] = T
+    out[:, n:] = column
+    out[n:, :n] = column[:n].mT
+    return out
+
+
+class _Ritz:
+    """The top ``block`` Ritz pairs of ``K`` on ``basis`` (``image = K basis``, ``T = basis^T
+    image``). Checked after every product, not once a cycle: a wide gap converges in fewer
+    products than a cycle holds. ``T`` grows by a column block a product, and the check builds
+    only the Ritz vectors it reads (the wanted ones and the next), so it costs ``O(d n q)`` for a
+    basis of ``n`` columns, little beside a product's ``O(d m q)``."""
+
+    def __init__(self, basis: Tensor, image: Tensor, T: Tensor, block: int) -> None:
+        lam, W = torch.linalg.eigh((T + T.mT) / 2)
+        self.basis, self.image = basis, image
+        self.lam, self.W = lam.flip(0)[:block], W.flip(1)[:, :block]
+
+    def _residuals(self, count: int) -> tuple[Tensor, Tensor]:
+        W = self.W[:, :count]
+        V = self.basis @ W
+        return V, (self.image @ W - V * self.lam[:count]).norm(dim=0)
+
+    def converged(self, wanted: int, tol: float, next_fraction: float | None) -> bool:
+        """Whether the top ``wanted`` residuals are at most ``tol * lam_1`` and, with
+        ``next_fraction``, the next pair's is within that fraction of the gap before it."""
+        lam = self.lam
+        if lam.numel() < wanted:
+            return False
+        check = wanted + 1 if next_fraction is not None and wanted < lam.numel() else wanted
+        residuals = self._residuals(check)[1]
+        top = float(lam[0]) if float(lam[0]) > 0 else 1.0
+        if not bool((residuals[:wanted] <= tol * top).all()):
+            return False
+        if check > wanted:
+            gap = float(lam[wanted - 1] - lam[wanted])
+            return float(residuals[wanted]) <= max(tol * top, next_fraction * gap)
+        return True
+
+    def vectors(self) -> Tensor:
+        return self.basis @ self.W
+
+    def pairs(self, products: int) -> RitzPairs:
+        V, residuals = self._residuals(self.lam.numel())
+        return RitzPairs(self.lam, V, residuals, products)
