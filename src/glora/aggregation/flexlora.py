@@ -121,7 +121,8 @@ def _randomized(updates: list[ClientUpdate], p: list[float], rank: int,
         return (U @ (c * (V.mT @ (V @ (c * (U.mT @ X.to(dtype))))))).double()
 
     tol = max(config.solver_tol, subspace.PRODUCT_ULPS * torch.finfo(dtype).eps)
-    pairs = subspace.top_eigenpairs(apply, d_out, R, block, config.seed, tol, config.max_iter)
+    pairs = subspace.top_eigenpairs(apply, d_out, R, block, config.seed, tol, config.max_iter,
+                                    inner=2 * m)  # D D^T X: products with U and V
     Q = pairs.vectors[:, :R]
     core = linalg.project_average(Q, [u.B for u in updates], [u.A for u in updates],
                                   [pi * u.scaling for pi, u in zip(p, updates)])  # Q^T D

@@ -400,7 +400,7 @@ def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
     wanted = min(rank, block)
     tol = max(config.solver_tol, subspace.PRODUCT_ULPS * torch.finfo(Z.dtype).eps)
     pairs = subspace.top_eigenpairs(apply, d, wanted, block, config.seed, tol, config.max_iter,
-                                    next_fraction=NEXT_FRACTION)
+                                    next_fraction=NEXT_FRACTION, inner=m)
     lam = pairs.values.clamp_min(0)
     lam0 = float(lam[0]) if float(lam[0]) > 0 else 1.0
     res = pairs.residuals[:wanted]
