@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from glora.errors import ConfigError
-from glora.federation.plots import read_history
+from glora.federation.records import read_history
 from glora.sweep import ERROR, RESULT, SWEEP_FILE, Run, Sweep, read_sweep
 
 MARK = "†"

@@ -59,7 +59,7 @@ from glora.atomic import write_atomic
 from glora.config import (ExperimentConfig, config_changes, flatten, load_config,
                           parse_overrides, read_yaml_mapping)
 from glora.errors import ConfigError
-from glora.federation.plots import read_history
+from glora.federation.records import read_history
 
 log = logging.getLogger("glora.sweep")
 

@@ -12,7 +12,7 @@ import yaml
 from glora.cli import main
 from glora.config import load_config
 from glora.sim.experiment import run_experiment
-from glora.federation.plots import read_history
+from glora.federation.records import read_history
 from glora.sweep import plan_sweep, run_plan
 
 SETTINGS = [{"name": "iid", "group": "Partition"},

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-#: Prefix of the metrics of federated evaluation (the clients score the global model).
-FEDERATED = "federated_"
-#: What a round record's evaluation keys start with: the server's held-out set, the clients' own
-#: models (FedSA-LoRA), federated evaluation.
-EVAL_PREFIXES = ("global_", "personal_", FEDERATED)
-
-
-def read_history(method_dir: Path) -> list[dict]:
-    path = method_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+from .records import EVAL_PREFIXES, read_history
 
 
 def plot_metric(out: Path, methods: list[str], path: Path) -> None:

@@ -29,7 +29,7 @@ from glora.global_model import (LORA_B, ClientReply, GlobalModel, ModelAccumulat
 from glora.training import privacy
 
 from . import checkpoint, plan
-from .plots import FEDERATED
+from .records import FEDERATED
 
 log = logging.getLogger("glora.federation.server")
 

@@ -13,7 +13,8 @@ import yaml
 
 from glora.errors import ConfigError
 
-from .plots import EVAL_PREFIXES, plot_metric, read_history
+from .plots import plot_metric
+from .records import EVAL_PREFIXES, read_history
 
 UNTUNED_FILE = "untuned.json"
 

@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from glora.contract import TrainResult
 from glora.errors import AggregationError
 from glora.federation import plan, rounds
-from glora.federation.plots import EVAL_PREFIXES, FEDERATED
+from glora.federation.records import EVAL_PREFIXES, FEDERATED
 from glora.federation.server import FederatedServer, federated_means
 from glora.flower import codec
 from glora.validation import Undecodable

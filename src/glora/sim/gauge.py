@@ -31,7 +31,7 @@ from glora.atomic import write_atomic
 from glora.config import CHOICES, ExperimentConfig, save_config
 from glora.errors import ConfigError
 from glora.global_model import LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model
-from glora.federation.plots import read_history
+from glora.federation.records import read_history
 from glora.federation.prepare import Prepared, prepare
 from glora.federation.summary import markdown_table, summarize
 from glora.sim.simulator import Simulation
