@@ -386,9 +386,12 @@ def test_a_streaming_round_rejects_a_second_reply_from_one_client():
     srv = FederatedServer(load_config(None, ["data.num_clients=4", "lora.ranks=[2]",
                                              "methods=[fedit]", *STREAM]), "fedit", None, SCHEMA)
     srv.configure([0, 1, 2])
-    record = srv.aggregate(iter([result(0, 2), result(1, 2), result(0, 2, scale=3.0)]))
+    record = srv.aggregate(iter([result(0, 2), result(1, 2), result(0, 2, scale=3.0),
+                                 result(2, 3), result(2, 2)]))
     assert record["clients"] == [0, 1]
     assert record["rejected"][0].startswith("client: answered more than once")
+    assert record["rejected"][2].startswith("shape: ")  # its first reply's reason stays
+    assert record["rejected"][2].endswith("; and it answered again")
 
 
 # -- configuration -------------------------------------------------------------------------------

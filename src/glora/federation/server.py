@@ -282,15 +282,19 @@ class FederatedServer:
         assert schema is not None
         acc = ModelAccumulator(self.state.model, self.device)
         taken: list[_Taken] = []
+        folded: set[int] = set()
         seconds = 0.0
         for result in results:
             reply = self._typed(result, rejected, arrivals)
             if reply is None:
                 continue
             c = reply.client_id
-            if c in rejected or any(t.client_id == c for t in taken):
+            if c in folded:
                 self._reject(rejected, c, "client: answered more than once (the first reply was "
                                           "folded in as it came; `server.stream`)")
+                continue
+            if c in rejected:  # its first reply was rejected: keep that reason
+                self._reject(rejected, c, f"{rejected[c]}; and it answered again")
                 continue
             reason = self._reply_problem(reply, schema)
             if reason is not None:
@@ -304,6 +308,7 @@ class FederatedServer:
                 continue
             finally:
                 seconds += time.perf_counter() - started
+            folded.add(c)
             taken.append(self._taken(reply))
         self._enough(len(taken), rejected)
         started = time.perf_counter()
