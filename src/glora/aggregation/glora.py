@@ -40,8 +40,8 @@ SOLVERS = ("auto", "exact", "randomized")
 #: ``solver="auto"`` takes the exact solver up to this many client directions (``m = sum r_i``
 #: over the clients with a nonzero update), the randomized one beyond. Measured at d = 1024 and
 #: 4096, R = 16, one thread (benchmarks/results/solver_crossover.md): at m = 2048 the exact
-#: solver was 1.5x faster at d = 4096 and 2.3x slower at d = 1024; at m = 4096 the randomized
-#: one was 7.8x-14x faster.
+#: solver was 1.24x faster at d = 4096 and 2.2x slower at d = 1024; at m = 4096 the randomized
+#: one was 7x-16x faster.
 AUTO_EXACT_MAX = 2048
 #: Default tie tolerance in machine epsilons, by dtype (see ``GLoRAConfig.tie_rtol``).
 DEFAULT_TIE_ULPS = {torch.float64: 1000.0, torch.float32: 100.0}
