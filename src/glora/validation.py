@@ -76,11 +76,12 @@ def update_norm(B: Tensor, A: Tensor, scaling: float) -> float:
 
 @dataclass(frozen=True)
 class Undecodable:
-    """A reply the engine could not decode, passed to the server in its place so that the
-    rejection is recorded where the reply would have been screened."""
+    """A reply the engine could not take (undecodable, or a node answering for another client),
+    passed to the server in its place so that the rejection is recorded where the reply would
+    have been screened."""
 
     client_id: Any
-    reason: str  # "decode: <why>"
+    reason: str  # "<check>: <why>", e.g. "decode: ..." or "client: ..."
 
 
 def client_key(result: Any) -> Any:
