@@ -155,12 +155,19 @@ def layer_updates(replies: list[ClientReply]) -> dict[str, list[ClientUpdate]]:
     per_client = [split_adapter(r.adapter)[0] for r in replies]
     keys = sorted(per_client[0])
     for i, layers in enumerate(per_client):
-        if sorted(layers) != keys:
-            missing, extra = sorted(set(keys) - set(layers)), sorted(set(layers) - set(keys))
-            raise InvalidUpdateError(f"adapter layers differ from client 0's (missing {missing}, "
-                                     f"unexpected {extra}).", i)
+        problem = _layers_problem(layers, keys)
+        if problem:
+            raise InvalidUpdateError(problem, i)
     return {key: [ClientUpdate(per_client[i][key][0], per_client[i][key][1], r.num_examples,
                                r.scaling) for i, r in enumerate(replies)] for key in keys}
+
+
+def _layers_problem(layers: dict[str, Any], keys: list[str]) -> str | None:
+    """Why a reply's adapted ``layers`` differ from client 0's sorted ``keys``; ``None`` if not."""
+    if sorted(layers) == keys:
+        return None
+    missing, extra = sorted(set(keys) - set(layers)), sorted(set(layers) - set(keys))
+    return f"adapter layers differ from client 0's (missing {missing}, unexpected {extra})."
 
 
 def shadow(model: GlobalModel, replies: list[ClientReply], rank: int) -> dict[str, float]:
@@ -331,12 +338,8 @@ class ModelAccumulator:
         head = reply.head
         accumulators = self._layers or {  # client 0's layers, kept once its reply is valid
             k: Accumulator(self.previous.method, **self.previous.options) for k in sorted(layers)}
-        if sorted(layers) != list(accumulators):
-            missing = sorted(set(accumulators) - set(layers))
-            extra = sorted(set(layers) - set(accumulators))
-            raise InvalidUpdateError(f"adapter layers differ from client 0's (missing {missing}, "
-                                     f"unexpected {extra}).", position)
-        problem = _head_problem(head, head if self._head_ref is None else self._head_ref)
+        reference = head if self._head_ref is None else self._head_ref
+        problem = _layers_problem(layers, list(accumulators)) or _head_problem(head, reference)
         if problem:
             raise InvalidUpdateError(problem, position)
         updates, checked = {}, {}

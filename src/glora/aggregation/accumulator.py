@@ -22,6 +22,7 @@ accumulator goes on with the others.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,10 +51,11 @@ class Accumulator:
         self._held: list[ClientUpdate] = []  # methods without a stream rule
         self._sums: _FactorSums | None = None
 
-    def check(self, update: ClientUpdate) -> ClientUpdate:
-        """``update`` validated against the first one added, as :meth:`add` would take it; the
-        accumulator is unchanged. A caller adding one client's updates to several accumulators
-        (the layers of a model) checks them all before adding any.
+    def check(self, update: ClientUpdate) -> _Checked:
+        """``update`` validated against the first one added, as :meth:`add` would take it (pass
+        the result to :meth:`add`); the accumulator is unchanged. A caller adding one client's
+        updates to several accumulators (the layers of a model) checks them all before adding
+        any.
 
         Raises:
             InvalidUpdateError: naming the position ``update`` would take.
@@ -63,11 +65,11 @@ class Accumulator:
                                        method=self.spec.name, reference=self._first)[0]
         except InvalidUpdateError as e:
             raise InvalidUpdateError(e.reason, self._offered, e.key) from None
-        if self._sums is not None:
+        shared = None if self._sums is None else \
             self._sums.shared_after(checked, self._offered, self.spec.name)
-        return checked
+        return _Checked(checked, shared)
 
-    def add(self, update: ClientUpdate, checked: ClientUpdate | None = None) -> None:
+    def add(self, update: ClientUpdate, checked: _Checked | None = None) -> None:
         """Check ``update`` against the first one and fold it in (or keep it); ``checked`` is
         :meth:`check`'s result for it, where the caller has it.
 
@@ -76,22 +78,23 @@ class Accumulator:
                 ``add``, rejected ones included); the update is left out and the accumulator is
                 unchanged.
         """
-        position = self._offered
         try:
             checked = self.check(update) if checked is None else checked
             rule = self.spec.stream
             if rule is not None:
                 if self._sums is None:
-                    self._sums = _FactorSums(checked, rule, getattr(self.config, "rtol", 0.0))
+                    self._sums = _FactorSums(checked.update, rule,
+                                             getattr(self.config, "rtol", 0.0))
                 else:
-                    self._sums.add(checked, position, self.spec.name)
+                    assert checked.shared is not None
+                    self._sums.add(checked.update, checked.shared)
             else:
                 self._held.append(update)
         finally:
             self._offered += 1
         if self._first is None:  # its shapes only (meta tensors): it holds no memory
-            self._first = ClientUpdate(checked.B.to("meta"), checked.A.to("meta"),
-                                       checked.num_examples, checked.scaling)
+            u = checked.update
+            self._first = ClientUpdate(u.B.to("meta"), u.A.to("meta"), u.num_examples, u.scaling)
         self.count += 1
 
     def result(self) -> ServerState:
@@ -110,6 +113,15 @@ class Accumulator:
         """Every tensor the accumulator holds (what its memory is made of)."""
         held = [t for u in self._held for t in (u.B, u.A)]
         return held + ([] if self._sums is None else self._sums.tensors())
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An update as :meth:`Accumulator.check` validated it, with the factors still shared once
+    it is added (``None`` before the first update of a stream rule, or without one)."""
+
+    update: ClientUpdate
+    shared: dict[str, Tensor] | None
 
 
 class _FactorSums:
@@ -144,8 +156,9 @@ class _FactorSums:
                                      "copy).", index)
         return still
 
-    def add(self, u: ClientUpdate, index: int, method: str) -> None:
-        self.shared = self.shared_after(u, index, method)
+    def add(self, u: ClientUpdate, shared: dict[str, Tensor]) -> None:
+        """Fold ``u`` in; ``shared`` is :meth:`shared_after`'s result for it."""
+        self.shared = shared
         self.dtype = torch.promote_types(self.dtype, u.B.dtype)
         self.n += u.num_examples
         self.ns += u.num_examples * u.scaling
