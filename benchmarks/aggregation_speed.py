@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
 
     head = header(args, dtype, load_start)
     print("\n".join(head), flush=True)
-    print(f"\n(progress: one line per measurement; table at the end)", flush=True)
+    print("\n(progress: one line per measurement; table at the end)", flush=True)
 
     def log(row: Row) -> None:
         peak = "-" if row.peak is None else f"{row.peak / 2**20:.1f} MiB"

@@ -22,15 +22,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one thread, set before torch is imported
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from markdown_report import Report  # noqa: E402
 
 from glora.aggregation import linalg  # noqa: E402
 
@@ -77,17 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the report here (Markdown)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    lines = [f"`python {' '.join(['benchmarks/batched_bases.py'] + sys.argv[1:])}` at commit "
-             f"{commit}, {datetime.date.today()}, one thread, torch {torch.__version__}; load "
-             f"average at start {os.getloadavg()[0]:.2f}.", "",
-             f"{args.clients} clients' float32 factors, d = {args.d}; min of {args.repeats}. "
-             f"Batched: {args.chunk} clients a call.", "",
-             "| rank | per client (s) | batched, stacking included (s) | ratio | "
-             "batched QRs only, stacked beforehand (s) | per-client QRs only (s) |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    print("\n".join(lines), flush=True)
+    report = Report("Batching the per-client bases", f"one thread, torch {torch.__version__}",
+                    f"{args.clients} clients' float32 factors, d = {args.d}; min of "
+                    f"{args.repeats}. Batched: {args.chunk} clients a call.",
+                    ["| rank | per client (s) | batched, stacking included (s) | ratio | "
+                     "batched QRs only, stacked beforehand (s) | per-client QRs only (s) |",
+                     "|---:|---:|---:|---:|---:|---:|"])
     g = torch.Generator().manual_seed(0)
     for r in (int(x) for x in args.ranks.split(",")):
         Bs = [torch.randn(args.d, r, generator=g) for _ in range(args.clients)]
@@ -100,12 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                              args.repeats)
         doubles = [b.double() for b in Bs]
         qr_loop = best_of(lambda: [torch.linalg.qr(b, mode="r") for b in doubles], args.repeats)
-        row = (f"| {r} | {loop:.3f} | {batch:.3f} | {loop / batch:.2f}x | {qr_batched:.3f} | "
-               f"{qr_loop:.3f} |")
-        lines.append(row)
-        print(row, flush=True)
-    if args.out:
-        args.out.write_text("# Batching the per-client bases\n\n" + "\n".join(lines) + "\n")
+        report.row(f"| {r} | {loop:.3f} | {batch:.3f} | {loop / batch:.2f}x | "
+                   f"{qr_batched:.3f} | {qr_loop:.3f} |")
+    report.save(args.out)
     return 0
 
 

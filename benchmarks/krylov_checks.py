@@ -20,9 +20,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one thread, set before torch is imported
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -32,6 +30,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from aggregation_speed import make_updates  # noqa: E402
+from markdown_report import Report  # noqa: E402
 
 import glora  # noqa: E402
 from glora.aggregation import subspace  # noqa: E402
@@ -47,18 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     shares = (0.0, subspace.CHECK_SHARE)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    lines = [f"`python {' '.join(['benchmarks/krylov_checks.py'] + sys.argv[1:])}` at commit "
-             f"{commit}, {datetime.date.today()}, one thread, torch {torch.__version__}; load "
-             f"average at start {os.getloadavg()[0]:.2f}.", "",
-             f"GLoRA `solver=\"randomized\"`, d = {args.d}, float32 clients of rank 8; "
-             f"{args.repeats} calls of each rule, alternating, after a warm-up; min and median "
-             "ms.", "",
-             "| N | R | m | products: cycle end | products: in cycle | ms: cycle end (min / "
-             "median) | ms: in cycle (min / median) | median ratio |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    print("\n".join(lines), flush=True)
+    report = Report("Convergence checks of the randomized solver",
+                    f"one thread, torch {torch.__version__}",
+                    f"GLoRA `solver=\"randomized\"`, d = {args.d}, float32 clients of rank 8; "
+                    f"{args.repeats} calls of each rule, alternating, after a warm-up; min and "
+                    "median ms.",
+                    ["| N | R | m | products: cycle end | products: in cycle | ms: cycle end "
+                     "(min / median) | ms: in cycle (min / median) | median ratio |",
+                     "|---:|---:|---:|---:|---:|---:|---:|---:|"])
     for setting in args.settings.split(","):
         n, rank = (int(x) for x in setting.split(":"))
         ups = make_updates(args.d, n, 8, torch.float32, 0)[0]
@@ -75,16 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                     times[share].append(1000 * (time.perf_counter() - t))
                     products[share] = state.info["iterations"]
         old, new = (times[s] for s in shares)
-        row = (f"| {n} | {rank} | {8 * n} | {products[shares[0]]} | {products[shares[1]]} | "
-               f"{min(old):.0f} / {statistics.median(old):.0f} | "
-               f"{min(new):.0f} / {statistics.median(new):.0f} | "
-               f"{statistics.median(new) / statistics.median(old):.2f} |")
-        lines.append(row)
-        print(row, flush=True)
+        report.row(f"| {n} | {rank} | {8 * n} | {products[shares[0]]} | "
+                   f"{products[shares[1]]} | {min(old):.0f} / {statistics.median(old):.0f} | "
+                   f"{min(new):.0f} / {statistics.median(new):.0f} | "
+                   f"{statistics.median(new) / statistics.median(old):.2f} |")
     subspace.CHECK_SHARE = shares[1]
-    if args.out:
-        args.out.write_text("# Convergence checks of the randomized solver\n\n"
-                            + "\n".join(lines) + "\n")
+    report.save(args.out)
     return 0
 
 

@@ -25,9 +25,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, str(os.cpu_count() or 1))
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -35,6 +33,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregation_speed import make_updates, measure_memory  # noqa: E402
+from markdown_report import Report  # noqa: E402
 
 from glora.global_model import (  # noqa: E402
     LORA_A, LORA_B, ClientReply, GlobalModel, aggregate_model)
@@ -72,21 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     ranks = [int(r) for r in args.ranks.split(",")]
     reps = replies(args.layers, args.d, args.clients, ranks, args.seed)
     equal = [r for r in reps if r.adapter["layer0" + LORA_A].shape[0] == ranks[0]]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    lines = [f"`python {' '.join(['benchmarks/model_aggregation.py'] + sys.argv[1:])}` at commit "
-             f"{commit}, {datetime.date.today()}, {os.cpu_count()} cores, torch "
-             f"{torch.__version__} with {args.torch_threads} threads shared out among the layer "
-             f"threads; load average at start {os.getloadavg()[0]:.2f}.", "",
-             f"{args.layers} layers of {args.d} x {args.d}, {args.clients} clients of ranks "
-             f"{ranks} in turn (equal-rank methods: the {len(equal)} clients of rank {ranks[0]}),"
-             f" server rank R = {args.rank}, float32; median of {args.repeats} call(s) of a "
-             "round's server step, after a warm-up call on one layer; peak extra memory: the resident "
-             "set's high-water mark during a call over the one before it (the clients' factors "
-             "excluded, the returned states included).", "",
-             "| method | server.threads | seconds | per layer (ms) | speed-up | peak extra MiB |",
-             "|---|---:|---:|---:|---:|---:|"]
-    print("\n".join(lines), flush=True)
+    report = Report("A whole adapter set's server step",
+                    f"{os.cpu_count()} cores, torch {torch.__version__} with "
+                    f"{args.torch_threads} threads shared out among the layer threads",
+                    f"{args.layers} layers of {args.d} x {args.d}, {args.clients} clients of ranks "
+                    f"{ranks} in turn (equal-rank methods: the {len(equal)} clients of rank "
+                    f"{ranks[0]}), server rank R = {args.rank}, float32; median of "
+                    f"{args.repeats} call(s) of a round's server step, after a warm-up call on "
+                    "one layer; peak extra memory: the resident set's high-water mark during a "
+                    "call over the one before it (the clients' factors excluded, the returned "
+                    "states included).",
+                    ["| method | server.threads | seconds | per layer (ms) | speed-up | "
+                     "peak extra MiB |", "|---|---:|---:|---:|---:|---:|"])
     for method in args.methods.split(","):
         options = {"rank": args.rank} if method in ("glora", "flexlora") else {}
         clients = reps if method in ("glora", "flexlora", "flora", "hetlora") else equal
@@ -112,12 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             if "iterations" in info:
                 solver += f", {info['iterations']} products"
             peak = f"{max(peaks) / 2**20:.0f}" if peaks else "n/a"
-            row = (f"| {method}{f' ({solver})' if solver else ''} | {threads} | {seconds:.2f} | "
-                   f"{1000 * seconds / args.layers:.0f} | {first / seconds:.2f}x | {peak} |")
-            lines.append(row)
-            print(row, flush=True)
-    if args.out:
-        args.out.write_text("# A whole adapter set's server step\n\n" + "\n".join(lines) + "\n")
+            report.row(f"| {method}{f' ({solver})' if solver else ''} | {threads} | "
+                       f"{seconds:.2f} | {1000 * seconds / args.layers:.0f} | "
+                       f"{first / seconds:.2f}x | {peak} |")
+    report.save(args.out)
     return 0
 
 

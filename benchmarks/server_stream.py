@@ -25,8 +25,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one thread, set before torch is imported
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,6 +34,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from aggregation_speed import measure_memory  # noqa: E402
+from markdown_report import Report  # noqa: E402
 
 from glora.config import load_config  # noqa: E402
 from glora.federation.server import FederatedServer  # noqa: E402
@@ -76,17 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the report here (Markdown)")
     args = parser.parse_args(argv)
     reply_mib = args.layers * 2 * args.d * RANK * 4 / 2**20
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    lines = [f"`python {' '.join(['benchmarks/server_stream.py'] + sys.argv[1:])}` at commit "
-             f"{commit}, {datetime.date.today()}, one thread, torch {torch.__version__}; load "
-             f"average at start {os.getloadavg()[0]:.2f}.", "",
-             f"FedIT, {args.layers} layers of {args.d} x {args.d} at rank {RANK} (a reply holds "
-             f"{reply_mib:.2f} MiB of factors), replies made by a generator as the server asks "
-             "for them; one round per row, after a 2-client warm-up round.", "",
-             "| clients | server.stream | seconds | ms per reply | peak extra MiB | "
-             "replies' MiB |", "|---:|---|---:|---:|---:|---:|"]
-    print("\n".join(lines), flush=True)
+    report = Report("A round's server memory with `server.stream`",
+                    f"one thread, torch {torch.__version__}",
+                    f"FedIT, {args.layers} layers of {args.d} x {args.d} at rank {RANK} (a reply "
+                    f"holds {reply_mib:.2f} MiB of factors), replies made by a generator as the "
+                    "server asks for them; one round per row, after a 2-client warm-up round.",
+                    ["| clients | server.stream | seconds | ms per reply | peak extra MiB | "
+                     "replies' MiB |", "|---:|---|---:|---:|---:|---:|"])
     for stream in (False, True):
         warm = round_of(2, args.layers, args.d, stream)
         warm.aggregate(replies(2, args.layers, args.d, args.seed))
@@ -96,15 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             seconds, peak = measure_memory(
                 lambda: server.aggregate(replies(clients, args.layers, args.d, args.seed)))
             assert server.state.history[-1]["clients"] == list(range(clients))
-            row = (f"| {clients} | {str(stream).lower()} | {seconds:.2f} | "
-                   f"{1000 * seconds / clients:.1f} | "
-                   f"{'n/a' if peak is None else f'{peak / 2**20:.0f}'} | "
-                   f"{clients * reply_mib:.0f} |")
-            lines.append(row)
-            print(row, flush=True)
-    if args.out:
-        args.out.write_text("# A round's server memory with `server.stream`\n\n"
-                            + "\n".join(lines) + "\n")
+            report.row(f"| {clients} | {str(stream).lower()} | {seconds:.2f} | "
+                       f"{1000 * seconds / clients:.1f} | "
+                       f"{'n/a' if peak is None else f'{peak / 2**20:.0f}'} | "
+                       f"{clients * reply_mib:.0f} |")
+    report.save(args.out)
     return 0
 
 
