@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from glora.errors import InvalidUpdateError
+from glora.errors import ConfigError, InvalidUpdateError
 
 from . import linalg
 
@@ -185,6 +185,23 @@ class RandomizedOptions(MethodConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"`{name}` must be a positive integer, got {value!r}.")
         return problems
+
+
+@dataclass
+class SharedFactorOptions(MethodConfig):
+    """Options of a method whose clients keep a factor frozen at the server's copy.
+
+    Args:
+        rtol (`float`, defaults to `1e-5`): the frozen factor may differ between clients by at
+            most ``rtol`` times its largest entry (room for dtype round trips; a frozen factor
+            is normally bit-identical).
+    """
+
+    rtol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if not self.rtol >= 0:
+            raise ConfigError(f"`rtol` must be non-negative, got {self.rtol!r}.")
 
 
 def rank_option_problems(rank: object) -> list[str]:

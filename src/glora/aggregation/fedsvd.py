@@ -14,27 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from glora.errors import ConfigError
-
 from . import linalg
-from .base import ClientUpdate, FactorState, MethodConfig, average_factors, check_shared_A
+from .base import (ClientUpdate, FactorState, SharedFactorOptions, average_factors,
+                   check_shared_A)
 from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
-class FedSVDConfig(MethodConfig):
-    """Options of FedSVD.
-
-    Args:
-        rtol (`float`, defaults to `1e-5`): a client's ``A`` may differ from client 0's by at most
-            ``rtol`` times its largest entry (clients must not train the server's ``A``).
-    """
-
-    rtol: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if not self.rtol >= 0:
-            raise ConfigError(f"`rtol` must be non-negative, got {self.rtol!r}.")
+class FedSVDConfig(SharedFactorOptions):
+    """Options of FedSVD: ``rtol`` (:class:`~glora.aggregation.base.SharedFactorOptions`)
+    bounds how far a client's ``A`` may differ from client 0's (clients must not train the
+    server's ``A``)."""
 
 
 def aggregate_fedsvd(updates: list[ClientUpdate], p: list[float], config: FedSVDConfig,

@@ -10,27 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from glora.errors import ConfigError
-
-from .base import ClientUpdate, FactorState, MethodConfig, average_factors, check_shared_A
+from .base import (ClientUpdate, FactorState, SharedFactorOptions, average_factors,
+                   check_shared_A)
 from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
-class FFAConfig(MethodConfig):
-    """Options of FFA-LoRA.
-
-    Args:
-        rtol (`float`, defaults to `1e-5`): a client's ``A`` may differ from client 0's by at most
-            ``rtol`` times the largest entry of client 0's ``A`` (room for dtype round trips;
-            a frozen ``A`` is normally bit-identical).
-    """
-
-    rtol: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if not self.rtol >= 0:
-            raise ConfigError(f"`rtol` must be non-negative, got {self.rtol!r}.")
+class FFAConfig(SharedFactorOptions):
+    """Options of FFA-LoRA: ``rtol`` (:class:`~glora.aggregation.base.SharedFactorOptions`)
+    bounds how far a client's ``A`` may differ from client 0's."""
 
 
 def aggregate_ffa(updates: list[ClientUpdate], p: list[float], config: FFAConfig) -> FactorState:

@@ -13,26 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from glora.errors import ConfigError, InvalidUpdateError
+from glora.errors import InvalidUpdateError
 
-from .base import ClientUpdate, FactorState, MethodConfig, average_factors, unshared
+from .base import ClientUpdate, FactorState, SharedFactorOptions, average_factors, unshared
 from .registry import MethodSpec, StreamRule, register_method
 
 
 @dataclass
-class RoLoRAConfig(MethodConfig):
-    """Options of RoLoRA.
-
-    Args:
-        rtol (`float`, defaults to `1e-5`): the frozen factor may differ between clients by at
-            most ``rtol`` times its largest entry (room for dtype round trips).
-    """
-
-    rtol: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if not self.rtol >= 0:
-            raise ConfigError(f"`rtol` must be non-negative, got {self.rtol!r}.")
+class RoLoRAConfig(SharedFactorOptions):
+    """Options of RoLoRA: ``rtol`` (:class:`~glora.aggregation.base.SharedFactorOptions`)
+    bounds how far the frozen factor may differ between clients."""
 
 
 def aggregate_rolora(updates: list[ClientUpdate], p: list[float], config: RoLoRAConfig,
