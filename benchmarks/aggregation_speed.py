@@ -360,8 +360,8 @@ EXACT_OF = {"glora randomized": "glora uniform",
 def solver_error(name: str, options: dict[str, Any], exact_label: str, updates, frozen, R: int,
                  with_exact: bool) -> str:
     """The randomized update's relative Frobenius error against the exact one (one untimed call
-    each), beside what the solver reports: GLoRA's ``error_estimate`` (its a-posteriori bound),
-    FlexLoRA's relative residual, and the products taken."""
+    each), beside what the solver reports: its ``error_estimate`` (an a-posteriori bound; GLoRA's
+    and FlexLoRA's randomized paths report one) and the products taken."""
     def state(opts):
         return method_call(name, opts, updates, frozen, R, [], Case("", None))()[0]
 

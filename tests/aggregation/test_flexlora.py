@@ -84,6 +84,20 @@ def test_the_randomized_path_gives_the_factored_result():
     assert torch.equal(fast.delta(), again.delta())  # deterministic for the seed
 
 
+@pytest.mark.parametrize("max_iter", [200, 1])
+def test_the_randomized_path_reports_a_bound_on_its_error(max_iter):
+    """Converged, the estimate is tight; stopped after one product, it is loose but still bounds."""
+    ups = make_clients((4, 4, 4, 4, 4), d_out=40, d_in=30)
+    exact = glora.aggregate("flexlora", ups, rank=3)
+    fast = glora.aggregate("flexlora", ups, rank=3, path="randomized", max_iter=max_iter)
+    error, estimate = rel(fast.delta(), exact.delta()), fast.info["error_estimate"]
+    assert error <= estimate
+    if max_iter == 1:
+        assert error > 1e-6 and fast.info["iterations"] == 1
+    else:
+        assert estimate < 1e-6
+
+
 def test_the_randomized_path_in_float32_is_gauge_free_and_near_the_exact_one():
     """Its products run on the clients' singular bases in float32: an ill-conditioned gauge of
     the factors changes the result by float32 rounding only (as the factored path's)."""

@@ -97,7 +97,10 @@ def _randomized(updates: list[ClientUpdate], p: list[float], rank: int,
     ``D = U diag(c) V^T`` over the clients' own SVDs (``U``, ``V`` their singular bases, built in
     float64 and kept in the factors' dtype: gauge-free, so the products can be taken in that
     dtype, as GLoRA's are); the truncation is then the exact SVD of ``Q^T D``, client by client
-    in float64.
+    in float64. ``info`` reports the products, the largest relative residual, the Davis-Kahan
+    bound on the subspace's angle (``subspace_error``) and the relative error of the update it
+    implies (``error_estimate``, :func:`~glora.aggregation.subspace.projection_error`), as
+    GLoRA's solver does.
     """
     dtype = updates[0].B.dtype
     d_out, d_in = updates[0].B.shape[0], updates[0].A.shape[1]
@@ -128,9 +131,12 @@ def _randomized(updates: list[ClientUpdate], p: list[float], rank: int,
                                   [pi * u.scaling for pi, u in zip(p, updates)])  # Q^T D
     P, S, Vh = torch.linalg.svd(core, full_matrices=False)
     top = float(pairs.values[0]) if float(pairs.values[0]) > 0 else 1.0
+    norms = sum(pi * u.scaling * float(S_i.norm()) for pi, u, (_, S_i, _) in zip(p, updates, svds))
+    error = subspace.projection_error(pairs.sine(R), norms, float(S.norm()), dtype)
     return LowRankState("flexlora", ((Q @ P) * S).to(dtype), Vh.to(dtype), config.split,
                         info={"rank": R, "iterations": pairs.iterations,
-                              "residual": float(pairs.residuals[:R].max()) / top})
+                              "residual": float(pairs.residuals[:R].max()) / top,
+                              "subspace_error": pairs.sine(R), "error_estimate": error})
 
 
 register_method(MethodSpec("flexlora", FlexLoRAConfig, aggregate_flexlora, mixed_ranks=True,

@@ -271,10 +271,6 @@ def _tie_order(spaces: list[ClientSpace], W: Tensor, rtol: float) -> Tensor:
     return P.to(W.dtype)
 
 
-#: The randomized error estimate's allowance for rounding the result to the factors' dtype, in
-#: machine epsilons: the exact and randomized updates each end in that dtype, and in float32
-#: they were measured up to 5 epsilons apart where the solver's own bound was 1e-8 or less.
-ROUNDING_ULPS = 100.0
 #: The randomized solver knows the eigenvalue after ``R`` to this fraction of the gap before it:
 #: enough for the gap in the error estimate (it is taken net of that residual) and for ties.
 NEXT_FRACTION = 0.1
@@ -399,12 +395,10 @@ def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
                                     next_fraction=NEXT_FRACTION, inner=m)
     lam = pairs.values.clamp_min(0)
     lam0 = float(lam[0]) if float(lam[0]) > 0 else 1.0
-    res = pairs.residuals[:wanted]
-    nxt = float(lam[wanted]) + float(pairs.residuals[wanted]) if wanted < block else 0.0
-    gap = float(lam[wanted - 1]) - nxt
-    sine = float(res.norm()) / gap if gap > 0 else float("inf")
+    gap = pairs.gap(wanted)
     extra = {"solver": "randomized", "iterations": pairs.iterations,
-             "residual": float(res.max()) / lam0, "subspace_error": min(sine, 1.0)}
+             "residual": float(pairs.residuals[:wanted].max()) / lam0,
+             "subspace_error": pairs.sine(wanted)}
     if extra["residual"] > tol:
         warnings.warn(f"GLoRA's randomized solver stopped after {config.max_iter} products with "
                       f"a relative residual of {extra['residual']:.2e} (tolerance "
@@ -450,16 +444,14 @@ def aggregate_glora(updates: list[ClientUpdate], p: list[float], config: GLoRACo
 
     U_ref, info = consensus_subspace(left, rank, tie_rtol, config)
     core = _project(left, U_ref)  # R x d_in: U_ref^T (sum_i p_i s_i B_i A_i)
-    if "subspace_error" in info:  # ||(P' - P) D|| <= sin(theta) ||D||, ||D|| <= sum_i ||dW_i||
+    if "subspace_error" in info:  # ||D|| <= sum_i ||dW_i||
         norms = sum(s.weight * s.norm for s in left)
-        size = float(core.double().norm())
-        bound = info["subspace_error"] * norms / size if size > 0 else 0.0
         # With eigenvalues tied across R, the tie-break by the update chooses the subspace, not
         # K: a tie found at slightly different eigenvalues (another solver, another precision)
         # may choose another one. Measured: 1.2e-3 apart at d=4096, N=1000, gap 6e-6
         # (benchmarks/results/scale.md). No bound then.
-        info["error_estimate"] = float("inf") if info["tie_broken"] else \
-            bound + ROUNDING_ULPS * torch.finfo(dtype).eps
+        info["error_estimate"] = float("inf") if info["tie_broken"] else subspace.projection_error(
+            info["subspace_error"], norms, float(core.double().norm()), dtype)
     if not config.two_sided:
         return GLoRAState("glora", U_ref, core, info=info)
     V_ref, info["right"] = consensus_subspace(right, rank, tie_rtol, config)
