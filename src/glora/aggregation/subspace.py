@@ -54,7 +54,8 @@ class RitzPairs:
     def sine(self, wanted: int) -> float:
         """Davis-Kahan bound on the sine of the largest angle between the top ``wanted`` Ritz
         vectors' span and ``K``'s top-``wanted`` eigenspace: ``||residuals||_F / gap``, at most 1
-        (no bound without a gap)."""
+        (no bound without a gap). A bound as far as :meth:`gap` is: it takes the next eigenvalue
+        from the next Ritz pair, so an eigenvalue the Krylov space missed entirely escapes it."""
         gap = self.gap(wanted)
         return min(float(self.residuals[:wanted].norm()) / gap, 1.0) if gap > 0 else 1.0
 
