@@ -217,19 +217,21 @@ def _batches(spaces: list[ClientSpace]) -> list[tuple[list[Tensor], Tensor]]:
 
 
 def _stacked_basis(spaces: list[ClientSpace]) -> Tensor:
-    """``Z = [U_1 diag(sqrt c_1), ...]`` (``d x m``) in the factors' dtype: each block built in
-    float64 (orthonormal to the dtype's precision whatever the gauge), then rounded once.
+    """``Z^T`` (``m x d``) for ``Z = [U_1 diag(sqrt c_1), ...]``, in the factors' dtype: each
+    block built in float64 (orthonormal to the dtype's precision whatever the gauge), then
+    rounded once.
 
-    One client at a time: its float64 block stays in cache, where stacking runs of clients for a
-    batched product took 1.4x-2x longer (more passes over arrays that do not fit in it)."""
+    One client at a time, each a run of contiguous rows: its float64 block stays in cache, where
+    stacking runs of clients for a batched product took 1.4x-2x longer, and writing a client's
+    columns of a row-major ``Z`` took 1.45x longer on 1,000 clients of ranks 4-16."""
     m = sum(s.coords.shape[1] for s in spaces)
-    Z = spaces[0].factor.new_empty(spaces[0].factor.shape[0], m)  # filled in place
+    Zt = spaces[0].factor.new_empty(m, spaces[0].factor.shape[0])  # filled in place
     start = 0
     for s in spaces:
         coords = s.scaled_coords()
-        Z[:, start:start + coords.shape[1]] = s.factor.double() @ coords
+        Zt[start:start + coords.shape[1]] = coords.mT @ s.factor.double().mT
         start += coords.shape[1]
-    return Z
+    return Zt
 
 
 def _combine(spaces: list[ClientSpace], coefficients: Tensor) -> Tensor:
@@ -384,13 +386,13 @@ def _randomized(spaces: list[ClientSpace], rank: int, config: GLoRAConfig,
     m = sum(s.coords.shape[1] for s in spaces)
     block = min(m, d, rank + config.oversample)
 
-    Z = _stacked_basis(spaces)
+    Zt = _stacked_basis(spaces)
 
     def apply(X: Tensor) -> Tensor:  # K X = Z (Z^T X), in the factors' dtype
-        return (Z @ (Z.mT @ X.to(Z.dtype))).double()
+        return (Zt.mT @ (Zt @ X.to(Zt.dtype))).double()
 
     wanted = min(rank, block)
-    tol = max(config.solver_tol, subspace.PRODUCT_ULPS * torch.finfo(Z.dtype).eps)
+    tol = max(config.solver_tol, subspace.PRODUCT_ULPS * torch.finfo(Zt.dtype).eps)
     pairs = subspace.top_eigenpairs(apply, d, wanted, block, config.seed, tol, config.max_iter,
                                     next_fraction=NEXT_FRACTION, inner=m)
     lam = pairs.values.clamp_min(0)
