@@ -22,15 +22,15 @@ def _orthonormality_error(F: torch.Tensor, R: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("cond", [1.0, 100.0, 1e5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_qr_r_gives_an_orthonormal_q_however_the_factor_is_conditioned(cond, dtype):
+def test_the_r_factor_gives_an_orthonormal_q_however_the_factor_is_conditioned(cond, dtype):
     """Cholesky QR would lose ``eps64 cond^2`` (2e-6 at cond 1e5): the fallback must catch it."""
     F = _factor(cond, dtype)
-    R = linalg.qr_r(F)
+    R = linalg.triangular_factors([F])[0]
     assert R.dtype == torch.float64 and torch.equal(R, R.triu())
     assert _orthonormality_error(F, R) < 1e-10
 
 
-def test_qr_r_takes_cholesky_only_for_a_well_conditioned_float32_factor(monkeypatch):
+def test_cholesky_is_taken_only_for_a_well_conditioned_float32_factor(monkeypatch):
     good, ill, double = (_factor(10.0, torch.float32), _factor(1e5, torch.float32),
                        _factor(10.0, torch.float64))
     calls = []
@@ -40,14 +40,17 @@ def test_qr_r_takes_cholesky_only_for_a_well_conditioned_float32_factor(monkeypa
     householder = torch.linalg.qr
     monkeypatch.setattr(torch.linalg, "qr", lambda *a, **k: calls.append(2) or
                         householder(*a, **k))
-    linalg.qr_r(good)
+    linalg.triangular_factors([good])
     assert calls == [1]
     calls.clear()
-    linalg.qr_r(ill)  # tried, too ill-conditioned: Householder
+    linalg.triangular_factors([ill])  # tried, too ill-conditioned: Householder
     assert calls == [1, 2]
     calls.clear()
-    linalg.qr_r(double)  # float64 input: Cholesky never meets its rounding
+    linalg.triangular_factors([double])  # float64 input: Cholesky never meets its rounding
     assert calls == [2]
+    calls.clear()
+    linalg.triangular_factors([good, ill, good])  # one batched Cholesky, Householder for one
+    assert calls == [1, 2]
 
 
 def test_a_rank_deficient_factor_keeps_its_zero_directions_out():
@@ -58,3 +61,24 @@ def test_a_rank_deficient_factor_keeps_its_zero_directions_out():
     assert S.numel() == 7
     U = B.double() @ X
     assert float((U.mT @ U - torch.eye(7, dtype=torch.float64)).abs().max()) < 1e-6
+
+
+def test_a_batch_of_clients_gives_what_each_gives_alone():
+    """Mixed ranks, a zero update, a rank-deficient and an ill-conditioned factor in one call."""
+    gen = torch.Generator().manual_seed(4)
+    Bs = [torch.randn(200, r, generator=gen) for r in (4, 8, 4, 8, 4)]
+    As = [torch.randn(r, 150, generator=gen) for r in (4, 8, 4, 8, 4)]
+    Bs[1][:, 2] = 0  # rank-deficient: Householder and a pseudo-inverse
+    As[2] = torch.zeros_like(As[2])  # a zero update: no directions
+    Bs[3] = Bs[3] @ gauge(8, 1e5, torch.float64, gen).float()  # too ill-conditioned for Cholesky
+    together = linalg.factored_column_bases(Bs, As)
+    kept = [S.numel() for _, S, _ in together]
+    assert kept[:3] + kept[4:] == [4, 7, 0, 4]  # (cond 1e5 in float32 drops some directions)
+    for (B, A), got in zip(zip(Bs, As), together):
+        alone = linalg.factored_column_basis(B, A)
+        for a, b in zip(got, alone):
+            assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+        X, S, Y = got
+        U, V = B.double() @ X, A.double().mT @ Y
+        dense = B.double() @ A.double()
+        assert torch.allclose((U * S) @ V.mT, dense, atol=1e-3 * float(dense.abs().max()))

@@ -104,7 +104,7 @@ def _randomized(updates: list[ClientUpdate], p: list[float], rank: int,
     """
     dtype = updates[0].B.dtype
     d_out, d_in = updates[0].B.shape[0], updates[0].A.shape[1]
-    svds = [linalg.factored_column_basis(u.B, u.A) for u in updates]
+    svds = linalg.factored_column_bases([u.B for u in updates], [u.A for u in updates])
     m = sum(S.numel() for _, S, _ in svds)
     U, V = updates[0].B.new_empty(d_out, m), updates[0].A.new_empty(d_in, m)  # filled in place
     start = 0

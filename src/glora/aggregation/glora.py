@@ -417,8 +417,8 @@ def client_spaces(updates: list[ClientUpdate], p: list[float], consensus: str,
     A zero update has no directions and is left out of ``K``: it adds nothing to the average.
     """
     left, right = [], []
-    for pi, u in zip(p, updates):
-        X, S, Y = linalg.factored_column_basis(u.B, u.A)
+    bases = linalg.factored_column_bases([u.B for u in updates], [u.A for u in updates])
+    for pi, u, (X, S, Y) in zip(p, updates, bases):
         if S.numel() == 0:
             continue
         coefs = pi * (S**2 / (S**2).sum() if consensus == "energy" else torch.ones_like(S))
