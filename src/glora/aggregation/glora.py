@@ -198,6 +198,8 @@ def _gram(spaces: list[ClientSpace]) -> Tensor:
 
 #: Clients whose bases are built in one batched product (bounds its float64 scratch).
 BATCH = 8
+
+
 def _runs(spaces: list[ClientSpace], size: int) -> list[list[ClientSpace]]:
     """Runs of at most ``size`` consecutive clients with equal ``coords`` shapes, in client order
     (the column order of ``Z``): what one batched product can take."""
