@@ -132,11 +132,12 @@ def _randomized(updates: list[ClientUpdate], p: list[float], rank: int,
     P, S, Vh = torch.linalg.svd(core, full_matrices=False)
     top = float(pairs.values[0]) if float(pairs.values[0]) > 0 else 1.0
     norms = sum(pi * u.scaling * float(S_i.norm()) for pi, u, (_, S_i, _) in zip(p, updates, svds))
-    error = subspace.projection_error(pairs.sine(R), norms, float(S.norm()), dtype)
+    sine = pairs.sine(R)
     return LowRankState("flexlora", ((Q @ P) * S).to(dtype), Vh.to(dtype), config.split,
                         info={"rank": R, "iterations": pairs.iterations,
                               "residual": float(pairs.residuals[:R].max()) / top,
-                              "subspace_error": pairs.sine(R), "error_estimate": error})
+                              "subspace_error": sine, "error_estimate": subspace.projection_error(
+                                  sine, norms, float(S.norm()), dtype)})
 
 
 register_method(MethodSpec("flexlora", FlexLoRAConfig, aggregate_flexlora, mixed_ranks=True,
