@@ -50,9 +50,9 @@ def factored_column_basis(B: Tensor, A: Tensor, rtol: float | None = None,
 def factored_column_bases(Bs: list[Tensor], As: list[Tensor], rtol: float | None = None,
                           ) -> list[tuple[Tensor, Tensor, Tensor]]:
     """:func:`factored_column_basis` of every ``(B_i, A_i)``, the small ``r x r`` work of the
-    clients of one rank in batched calls: one client at a time, the per-call overhead of its
-    40-odd small operations was most of the cost (about 0.25 s of a 1.6 s GLoRA layer of 1,000
-    clients)."""
+    clients of one rank in batched calls: one client at a time, the overhead of its 40-odd small
+    operations dominated (a 7B-shaped layer's 1,000 clients took 0.49 s one at a time, 0.26 s
+    batched, with other work running)."""
     out: list[tuple[Tensor, Tensor, Tensor]] = [None] * len(Bs)  # type: ignore[list-item]
     ranks: dict[int, list[int]] = {}
     for i, B in enumerate(Bs):
