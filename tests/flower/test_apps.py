@@ -31,17 +31,20 @@ def split_records(records: list[dict]) -> tuple[list[dict], list[dict]]:
     return rest, [{k: v for k, v in r.items() if k.startswith("federated_")} for r in records]
 
 
-@pytest.mark.parametrize("method", ["glora", "fedsa"])
+@pytest.mark.parametrize("method,extra", [("glora", []), ("fedsa", []),
+                                          ("glora", ["train.dp_noise_multiplier=0.8"])],
+                         ids=["glora", "fedsa", "glora-dp"])
 def test_apps_match_simulator(overrides: list[str], fed: Fed, tmp_path: Path,
-                              method: str) -> None:
+                              method: str, extra: list[str]) -> None:
     """The apps compute the simulator's rounds from node files, and the nodes' federated
     evaluation (for FedSA-LoRA also of each node's own model) equals the simulator's
-    `eval.federated` on the same partitions."""
+    `eval.federated` on the same partitions; DP-SGD nodes train and account as the simulator's
+    clients do."""
     # Prepare
-    run = [*overrides, f"methods=[{method}]"]
+    run = [*overrides, f"methods=[{method}]", *extra]
     run_experiment(load_config(None, [*run, "eval.federated=true",
                                       f"output_dir={tmp_path / 'sim'}"]), export=False)
-    grid = fed(tmp_path / "flower", extra=[f"methods=[{method}]"])
+    grid = fed(tmp_path / "flower", extra=[f"methods=[{method}]", *extra])
     # Execute
     server_app.app(grid, Context(1, 0, {}, RecordDict(), grid.run_config))
     # Assert: the same records (timings aside), bit-identical states
@@ -51,6 +54,7 @@ def test_apps_match_simulator(overrides: list[str], fed: Fed, tmp_path: Path,
                                                       split_records(history(tmp_path / "sim",
                                                                             method)))
     assert rest == sim_rest
+    assert ("dp_epsilon_max" in rest[-1]) == bool(extra)
     a = load_state(tmp_path / "sim" / method / "checkpoint.pt").model
     b = load_state(tmp_path / "flower" / method / "checkpoint.pt").model
     assert all(torch.equal(a.total_delta()[k], v) for k, v in b.total_delta().items())
