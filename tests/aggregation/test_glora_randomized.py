@@ -45,9 +45,20 @@ def test_randomized_is_deterministic_for_a_seed_and_gauge_invariant():
 def test_ties_are_broken_by_the_update_as_in_the_exact_path():
     ups = tied_clients()
     exact = glora.aggregate("glora", ups, rank=3)
-    fast = glora.aggregate("glora", ups, rank=3, **RANDOMIZED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the block of 8 + 3 holds the whole tie (all of K's range)
+        fast = glora.aggregate("glora", ups, rank=3, **RANDOMIZED)
     assert fast.info["tie_broken"] and rel(fast.delta(), exact.delta()) < 1e-8
     assert fast.info["error_estimate"] == float("inf")  # the tie-break, not K, chose the subspace
+
+
+def test_a_tie_that_fills_the_solver_s_block_is_named():
+    """Eight tied eigenvalues and a block of 3 + 1: the tie may run on past what the solver sees,
+    so its tie-break may differ from the exact path's, and it says so."""
+    ups = tied_clients()
+    with pytest.warns(UserWarning, match=r"tie across R = 3 up to the last of its 4 Ritz pairs"):
+        fast = glora.aggregate("glora", ups, rank=3, oversample=1, **RANDOMIZED)
+    assert fast.info["tie_broken"] and fast.info["error_estimate"] == float("inf")
 
 
 def test_an_unconverged_iteration_warns_and_bad_options_are_named():

@@ -333,6 +333,13 @@ def consensus_subspace(spaces: list[ClientSpace], rank: int, tie_rtol: float,
         lam, directions, extra = _randomized(spaces, rank, config)
         R, numerical_rank = _rank(lam, rank, dtype)
         lo, hi = _tied_block(lam, R, numerical_rank, tie_rtol * float(lam[0]))
+        if hi > R and hi == lam.numel() < min(m, directions.shape[0]):
+            warnings.warn(
+                f"GLoRA's randomized solver: K's eigenvalues tie across R = {R} up to the last of "
+                f"its {hi} Ritz pairs, so the tie may run on past them; it is broken among those "
+                f"{hi - lo} directions, where the exact solver would take every tied one, and "
+                "the update is set by that tie-break, not by K (no error bound). Choose a `rank` "
+                "on an eigengap (state.info['eigenvalues']).", stacklevel=4)
     else:
         k = min(m, rank + EXTRA_EIGENPAIRS)
         while True:
