@@ -37,7 +37,8 @@ def tables(text: str) -> list[str]:
 
 def test_the_results_pages_name_their_reports():
     names = {page.name for page, _ in generated_pages()}
-    assert {"results.md", "results_backbone.md", "task_heterogeneity.md"} <= names
+    assert {"results.md", "results_backbone.md", "task_heterogeneity.md", "results_privacy.md",
+            "privacy_budgets.md"} <= names
 
 
 @pytest.mark.parametrize("page,args", generated_pages(), ids=lambda x: getattr(x, "name", ""))
