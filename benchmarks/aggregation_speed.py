@@ -106,6 +106,19 @@ def _settle() -> None:
 MEMORY_OK = _reset_peak()
 
 
+def median_seconds(fn: Callable[[], Any], repeats: int, warm_up: bool = True) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``, after one untimed call unless the caller
+    has just made one (``warm_up=False``)."""
+    if warm_up:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure_memory(fn: Callable[[], Any]) -> tuple[float, int | None]:
     """Run ``fn`` once; return (seconds, peak extra resident bytes or None if unavailable)."""
     _settle()

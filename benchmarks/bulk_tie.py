@@ -24,17 +24,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one thread, set before torch is imported
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from aggregation_speed import baselines, make_updates  # noqa: E402
+from aggregation_speed import baselines, make_updates, median_seconds  # noqa: E402
 from markdown_report import Report  # noqa: E402
 
 import glora  # noqa: E402
@@ -42,29 +40,18 @@ from glora.aggregation import glora as glora_method  # noqa: E402
 from glora.aggregation.base import ServerState  # noqa: E402
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def timed_state(updates, R: int, repeats: int, **options,
                 ) -> tuple[float, ServerState, list[str]]:
-    """Median time of ``glora.aggregate`` with ``options`` (with no ``repeats``, its first and
-    only call's), its state and its warnings."""
+    """Median time of ``glora.aggregate`` with ``options`` over ``repeats`` calls after a first
+    one (with no ``repeats``, that first call's), its state and its warnings."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start = time.perf_counter()
         state = glora.aggregate("glora", updates, rank=R, **options)
         seconds = time.perf_counter() - start
-    if repeats:
+    if repeats:  # the call above was the warm-up
         seconds = median_seconds(lambda: glora.aggregate("glora", updates, rank=R, **options),
-                                 repeats)
+                                 repeats, warm_up=False)
     return seconds, state, sorted({str(w.message).split(";")[0] for w in caught})
 
 

@@ -18,10 +18,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before torch is imported: oversubscribed threads spin-wait
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -29,17 +27,12 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 import glora  # noqa: E402
-from aggregation_speed import CLIENT_RANK, make_updates  # noqa: E402
+from aggregation_speed import CLIENT_RANK, make_updates, median_seconds  # noqa: E402
 
 
 def seconds(updates, R: int, solver: str, repeats: int) -> float:
-    glora.aggregate("glora", updates, rank=R, solver=solver)  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        glora.aggregate("glora", updates, rank=R, solver=solver)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return median_seconds(lambda: glora.aggregate("glora", updates, rank=R, solver=solver),
+                          repeats)
 
 
 def main() -> None:
